@@ -1,0 +1,45 @@
+# Two commands do everything: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+export OMP_NUM_THREADS ?= 2
+export HF_HUB_OFFLINE := 1
+export MPLBACKEND := Agg
+
+.PHONY: venv demo test sync nbtest pytest data bench clean
+
+# Create or update .venv whenever pyproject.toml changes.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# The main job: train on digits, sample, write outputs/train/.
+demo: venv
+	mkdir -p outputs/train
+	$(BIN)/papermill nbs/train.ipynb outputs/train/train.ipynb
+
+data:
+	tools/ensure_fashion_mnist.sh
+
+sync: venv
+	VENV=$(VENV) tools/check_sync.sh
+
+nbtest: venv
+	$(BIN)/nbdev-test --n-workers 1 --timing
+
+pytest: venv data
+	$(BIN)/python -m pytest -q
+
+# Notebooks clean and exported, every notebook executed, then pytest (its summary line is the last line).
+test: venv data sync nbtest pytest
+
+bench: venv
+	$(BIN)/python benchmarks/attention.py
+
+clean:
+	rm -rf $(VENV) _proc _docs .pytest_cache
