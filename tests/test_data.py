@@ -1,0 +1,28 @@
+import os, numpy as np, pytest, torch
+from selfguide.data import load_dataset, FASHION_MNIST_ROOT, to_uint8
+
+def test_digits():
+    ds = load_dataset("digits")
+    x, y = ds[0]
+    assert x.shape == (1, 16, 16) and x.dtype == torch.float32 and -1 <= x.min() and x.max() <= 1 and 0 <= y < 10
+    assert len(load_dataset("digits", split="test")) == 297
+
+def test_npz_grey_and_colour(tmp_path):
+    np.savez(tmp_path / "g.npz", images=np.zeros((3, 8, 8), np.uint8), labels=np.array([1, 2, 3]))
+    np.savez(tmp_path / "c.npz", images=np.full((2, 8, 8, 3), 255, np.uint8))
+    g, c = load_dataset("npz", tmp_path / "g.npz"), load_dataset("npz", tmp_path / "c.npz")
+    assert g.shape == (1, 8, 8) and g[0][1] == 1 and g[0][0].min() == -1
+    assert c.shape == (3, 8, 8) and c[0][1] == -1 and c[0][0].max() == 1
+
+def test_missing_path_names_path_and_option(tmp_path):
+    with pytest.raises(FileNotFoundError) as e: load_dataset("folder", tmp_path / "nope")
+    assert "nope" in str(e.value) and "--data-root" in str(e.value)
+    with pytest.raises(ValueError, match="needs data_root"): load_dataset("npz")
+
+def test_fashion_mnist_installed():
+    """The real Fashion-MNIST files: `make test` installs Debian's package where it can. In CI a missing copy fails."""
+    if not (FASHION_MNIST_ROOT / "train-images-idx3-ubyte.gz").exists() and not os.environ.get("CI"):
+        pytest.skip(f"Fashion-MNIST is not installed in {FASHION_MNIST_ROOT} (apt-get install dataset-fashion-mnist)")
+    train, test = load_dataset("fashion_mnist"), load_dataset("fashion_mnist", split="test")
+    assert (len(train), len(test), train.shape, train.num_classes) == (60000, 10000, (1, 28, 28), 10)
+    assert torch.bincount(train.labels).tolist() == [6000] * 10

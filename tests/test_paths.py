@@ -1,0 +1,23 @@
+import pytest, torch
+from selfguide.paths import get_path, PATHS
+
+def test_cv_endpoints_and_constant_target():
+    p, x0, eps = get_path("cv"), torch.randn(5, 1, 8, 8), torch.randn(5, 1, 8, 8)
+    assert torch.allclose(p.x_t(x0, eps, torch.zeros(5)), x0)          # t = 0 is data
+    assert torch.allclose(p.x_t(x0, eps, torch.ones(5)), eps)          # t = 1 is noise
+    targets = [p.target(x0, eps, torch.full((5,), t)) for t in (0.0, 0.2, 0.5, 0.99)]
+    assert all(torch.allclose(v, eps - x0) for v in targets)            # the same velocity all along
+
+@pytest.mark.parametrize("name", list(PATHS))
+def test_paths_start_at_data_and_end_in_noise(name):
+    p, x0, eps = get_path(name), torch.randn(64, 1, 8, 8), torch.randn(64, 1, 8, 8)
+    assert torch.allclose(p.x_t(x0, eps, torch.zeros(64)), x0, atol=0.011)      # VE keeps s_min = 0.01 at t = 0
+    x1 = p.x_t(x0, eps, torch.ones(64)) / p.s(torch.tensor(1.0))
+    assert (x1 - eps).abs().max() < 0.01 * x0.abs().max() + 1e-5             # noise dominates at t = 1
+
+@pytest.mark.parametrize("name", list(PATHS))
+def test_estimates_invert_the_path(name):
+    p, x0, eps, t = get_path(name), torch.randn(4, 3, 4, 4), torch.randn(4, 3, 4, 4), torch.tensor([0.1, 0.4, 0.7, 0.95])
+    xt, v = p.x_t(x0, eps, t), p.target(x0, eps, t)
+    assert torch.allclose(p.noise_estimate(xt, v, t), eps, atol=1e-3)
+    assert torch.allclose(p.data_estimate(xt, v, t), x0, atol=1e-3 * float(p.s(1.0)))
