@@ -57,7 +57,9 @@ class TrainConfig:
             v = getattr(self, f.name)
             if v is not None and f.type in ("int", "float", "bool") and not isinstance(v, bool if f.type == "bool" else (int, float)):
                 raise TypeError(f"{f.name} must be {f.type}, got {v!r}")
-            if f.type == "int" and isinstance(v, float) and v.is_integer(): setattr(self, f.name, int(v))
+            if f.type == "int" and isinstance(v, float):
+                if not v.is_integer(): raise TypeError(f"{f.name} must be a whole number, got {v}")
+                setattr(self, f.name, int(v))
         if self.preset not in PRESETS: raise ValueError(f"unknown preset {self.preset!r}; known presets: {', '.join(PRESETS)}")
         if self.amp not in ("auto", "bf16", "none"): raise ValueError(f"amp must be 'auto', 'bf16' or 'none', got {self.amp!r}")
         if self.steps < 1 or self.batch_size < 1: raise ValueError("steps and batch_size must be positive")
