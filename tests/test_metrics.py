@@ -1,0 +1,143 @@
+"""Metrics on digits: real images score at the floor, degraded ones far from it; the Inception path with stand-ins."""
+import json, warnings
+from unittest import mock
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torchvision.transforms.functional as TF
+from selfguide import metrics as M
+from selfguide.data import to_float, to_uint8
+
+@pytest.fixture(autouse=True)
+def no_inception_env(monkeypatch):
+    monkeypatch.delenv(M.INCEPTION_ENV, raising=False)  # a user's real weights must not change the tests
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory): return tmp_path_factory.mktemp("selfguide_cache")
+
+@pytest.fixture(scope="session")
+def clf(cache): return M.load_classifier("digits", cache_dir=cache, progress=False)
+
+@pytest.fixture(scope="session")
+def sets():
+    train, test = M.train_test("digits")
+    n, g = len(test), torch.Generator().manual_seed(0)
+    pick = lambda ims, seed: ims[torch.randperm(len(ims), generator=torch.Generator().manual_seed(seed))[:n]]
+    real = pick(train.images, 1)
+    return dict(test=test.images, floor=pick(train.images, 0), real=real,
+                blur=to_uint8(TF.gaussian_blur(to_float(real), [5, 5], [1.2, 1.2])),
+                modes=pick(train.images[train.labels < 5], 1),  # half of the classes
+                noise=torch.randint(0, 256, real.shape, dtype=torch.uint8, generator=g))
+
+@pytest.fixture(scope="session")
+def scores(clf, sets):
+    return {k: M.classifier_metrics(clf, sets[k], sets["test"]) for k in ("floor", "real", "blur", "modes", "noise")}
+
+def test_classifier_is_accurate_and_cached(clf, cache, monkeypatch):
+    assert clf.info["test_acc"] > 0.95 and clf.info["train_s"] < 60
+    assert json.loads((cache / "classifier/digits_nativepx.json").read_text())["test_acc"] == clf.info["test_acc"]
+    monkeypatch.setattr(M, "train_classifier", mock.Mock(side_effect=AssertionError("retrained")))
+    again = M.load_classifier("digits", cache_dir=cache)
+    assert again.info["test_acc"] == clf.info["test_acc"]
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), clf.state_dict().values()))
+
+def test_cache_folder_comes_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("SELFGUIDE_CACHE", str(tmp_path))
+    assert M.cache_root() == tmp_path and M.cache_root(tmp_path / "x") == tmp_path / "x"
+
+def test_held_out_real_images_score_at_the_floor(scores):
+    floor, real = scores["floor"], scores["real"]
+    assert real["fd_cls"] < 1.5 * floor["fd_cls"]
+    for m in ("precision", "recall"): assert abs(real[m] - floor[m]) < 0.05 and real[m] > 0.9
+    assert abs(real["cls_score"] - floor["cls_score"]) < 0.5 and floor["cls_score"] > 9  # 10 classes at most
+
+def test_degraded_sets_score_far_from_the_floor_noise_worst(scores):
+    fd = {k: s["fd_cls"] for k, s in scores.items()}
+    for k in ("blur", "modes", "noise"): assert fd[k] > 5 * fd["floor"], k
+    assert fd["noise"] == max(fd.values())
+    assert scores["noise"]["cls_score"] == min(s["cls_score"] for s in scores.values())
+
+def test_precision_and_recall_fall_as_they_should(scores):
+    floor, modes, noise = scores["floor"], scores["modes"], scores["noise"]
+    assert modes["precision"] > 0.9 and modes["recall"] < 0.6 * floor["recall"]  # mode dropping costs recall only
+    assert noise["precision"] < 0.2 and noise["precision"] < modes["precision"]   # noise costs precision
+    assert scores["modes"]["cls_score"] < 0.6 * floor["cls_score"]                 # about 5 classes of 10
+
+def test_frechet_distance_and_precision_recall_on_known_sets():
+    a = torch.randn(3000, 3, generator=torch.Generator().manual_seed(0))
+    assert M.frechet_distance(*M.feature_stats(a), *M.feature_stats(a + 2)) == pytest.approx(12.0, rel=1e-6)
+    two = torch.cat([a * 0.1, a * 0.1 + 10])
+    pr = M.precision_recall(two, two[:3000])
+    assert pr["precision"] == 1.0 and pr["recall"] == pytest.approx(0.5, abs=0.01)
+
+def test_nmi_ari_and_assignment_histogram():
+    y = np.repeat(np.arange(10), 30)
+    assert M.cluster_scores(y, y) == dict(nmi=1.0, ari=1.0)
+    assert M.cluster_scores(np.zeros_like(y), y)["nmi"] == pytest.approx(0.0, abs=1e-12)
+    assert M.cluster_scores(np.r_[y, 3], np.r_[y, -1]) == dict(nmi=1.0, ari=1.0)  # unknown labels left out
+    s = M.assignment_stats(y, num_clusters=20)
+    assert s["used"] == 0.5 and s["entropy"] == pytest.approx(np.log(10)) and s["counts"][:2] == [30, 30]
+
+def test_evaluate_samples_offline(clf, cache, sets):
+    r = M.evaluate_samples(sets["real"].permute(0, 2, 3, 1).numpy(), "digits", cache_dir=cache, progress=False)  # NHWC .npz layout
+    assert "fid" not in r and "is" not in r
+    assert r["n_samples"] == r["n_floor"] == len(sets["real"]) and r["classifier_test_acc"] == clf.info["test_acc"]
+    assert r["fd_cls"] < 1.5 * r["floor_fd_cls"] and r["recall"] > 0.9
+    same = M.evaluate_samples(to_float(sets["real"]), "digits", cache_dir=cache, progress=False)  # float (N, C, H, W)
+    assert same == r
+
+def test_unlabelled_dataset_without_inception_fails_clearly(tmp_path, sets):
+    np.savez(tmp_path / "d.npz", images=sets["real"][:, 0].numpy())
+    with pytest.raises(ValueError, match="has no labels.*--inception"):
+        M.evaluate_samples(sets["real"], "npz", data_root=tmp_path / "d.npz", cache_dir=tmp_path)
+
+def test_missing_inception_file_fails_first_naming_option_and_variable(monkeypatch, tmp_path, sets):
+    missing = tmp_path / "inception-2015-12-05.pt"
+    monkeypatch.setattr(M, "train_test", mock.Mock(side_effect=AssertionError("work started before the check")))
+    for path in (missing, None):
+        if path is None: monkeypatch.setenv(M.INCEPTION_ENV, str(missing))
+        with pytest.raises(FileNotFoundError) as e: M.evaluate_samples(sets["real"], "digits", inception=path)
+        assert "--inception" in str(e.value) and "SELFGUIDE_INCEPTION" in str(e.value) and str(missing) in str(e.value)
+    monkeypatch.delenv(M.INCEPTION_ENV)
+    assert M.check_inception(None) is None
+
+class StandIn(nn.Module):
+    "clean-fid's TorchScript interface (`layers`, `output`) with 16 random features"
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.Sequential(nn.AdaptiveAvgPool2d(6), nn.Flatten(), nn.Linear(108, 16))
+        self.output = nn.Linear(16, 10)
+        self.output.weight.data.mul_(20)
+    def forward(self, x): return self.output(self.layers(x))
+
+@pytest.fixture(scope="session")
+def standin(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "standin.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, but it is clean-fid's format
+        torch.jit.save(torch.jit.script(StandIn()), path)
+    return path
+
+def test_inception_path_with_a_stand_in_gives_finite_fid_is_and_caches_reference(standin, cache, sets, monkeypatch):
+    monkeypatch.setenv(M.INCEPTION_ENV, str(standin))  # the variable alone turns FID and IS on
+    r = M.evaluate_samples(sets["real"], "digits", cache_dir=cache, progress=False)
+    noise = M.evaluate_samples(sets["noise"], "digits", cache_dir=cache, progress=False)
+    assert all(np.isfinite(x[k]) for x in (r, noise) for k in ("fid", "is", "is_std")) and r["is"] > 1
+    assert r["fid"] < noise["fid"]
+    inc = M.InceptionFeatures(standin)
+    assert inc.kind == "clean-fid" and (cache / f"inception/digits_nativepx_train_{inc.tag}.npz").exists()
+    monkeypatch.setattr(M, "load_dataset", mock.Mock(side_effect=AssertionError("reference recomputed")))
+    ref = M.inception_reference(inc, "digits", cache_dir=cache)  # the second call reads the cache
+    assert ref["mu"].shape == (16,) and int(ref["n"]) == 1500
+
+def test_torch_fidelity_weights_file_loads(tmp_path, sets):
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+    with mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda *a, **k: None), \
+         mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}):
+        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])  # random weights, the real layout
+    torch.save(net.state_dict(), tmp_path / "weights-inception.pth")
+    inc = M.InceptionFeatures(tmp_path / "weights-inception.pth")
+    pool, logits = inc(sets["real"][:2])
+    assert inc.kind == "torch-fidelity" and pool.shape == (2, 2048) and logits.shape == (2, 1008)
