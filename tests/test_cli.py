@@ -21,3 +21,29 @@ def test_bad_values_exit_with_usage():
 
 def test_missing_run_is_reported(tmp_path):
     with pytest.raises(FileNotFoundError, match="--run"): main(["sample", "--run", str(tmp_path), "--out", str(tmp_path / "s.npz")])
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    main(["train", "--dataset", "digits", "--guidance", "class", "--preset", "tiny", "--patch-size", "4", "--steps", "2",
+          "--batch-size", "16", "--out-dir", str(out)])
+    return out
+
+def test_evaluate_run_adds_metrics_to_the_manifest(tiny_run, tmp_path):
+    import json
+    main(["evaluate", "--run", str(tiny_run), "--n", "20", "--solver", "euler", "--steps", "2", "--out", str(tmp_path / "m.json")])
+    m = json.loads((tiny_run / "manifest.json").read_text())
+    saved = json.loads((tmp_path / "m.json").read_text())
+    for k in ("fd_cls", "precision", "recall", "cls_score", "floor_fd_cls", "n_samples"): assert k in m["metrics"] and k in saved
+    assert "fid" not in saved and "is" not in saved                     # no Inception weights, no FID/IS
+    assert m["evaluation"]["n"] == 20 and m["metrics"]["n_samples"] == 20
+
+def test_evaluate_fails_on_missing_inception_before_sampling(tiny_run, tmp_path, monkeypatch):
+    import selfguide.cli as cli
+    monkeypatch.setattr(cli, "sample_run", lambda *a, **k: pytest.fail("sampled before checking the Inception file"))
+    with pytest.raises(FileNotFoundError) as e: main(["evaluate", "--run", str(tiny_run), "--inception", str(tmp_path / "none.pt")])
+    assert "--inception" in str(e.value) and "SELFGUIDE_INCEPTION" in str(e.value)
+
+def test_evaluate_samples_needs_a_dataset(tmp_path):
+    np.savez(tmp_path / "s.npz", images=np.zeros((10, 16, 16, 1), np.uint8))
+    with pytest.raises(ValueError, match="--dataset"): main(["evaluate", "--samples", str(tmp_path / "s.npz")])
