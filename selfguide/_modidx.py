@@ -149,4 +149,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'selfguide.uvit.attention': ('uvit.html#attention', 'selfguide/uvit.py'),
                                 'selfguide.uvit.build_uvit': ('uvit.html#build_uvit', 'selfguide/uvit.py'),
                                 'selfguide.uvit.count_params': ('uvit.html#count_params', 'selfguide/uvit.py'),
+                                'selfguide.uvit.from_official': ('uvit.html#from_official', 'selfguide/uvit.py'),
+                                'selfguide.uvit.load_official': ('uvit.html#load_official', 'selfguide/uvit.py'),
                                 'selfguide.uvit.timestep_embedding': ('uvit.html#timestep_embedding', 'selfguide/uvit.py')}}}

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['ATTENTION_BACKENDS', 'PRESETS', 'attention', 'Attention', 'Mlp', 'Block', 'timestep_embedding', 'UViT', 'build_uvit',
-           'count_params']
+           'count_params', 'from_official', 'load_official']
 
 # %% ../nbs/02_uvit.ipynb #c005
 ATTENTION_BACKENDS = ("auto", "math", "sdpa")
@@ -67,15 +67,15 @@ class UViT(nn.Module):
     "U-ViT velocity network v(x_t, t, c): time, condition, optional CLS and patch tokens with long skips"
     def __init__(self, img_size=32, patch_size=2, in_chans=4, embed_dim=1024, depth=20, num_heads=16, mlp_ratio=4.0,
                  qkv_bias=False, mlp_time_embed=False, num_classes=0, cond_dim=0, use_cls_token=False, conv=False,
-                 attn_backend="auto"):
+                 attn_backend="auto", cond_slot=True):
         super().__init__()
         if img_size % patch_size: raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
         if embed_dim % num_heads: raise ValueError(f"embed_dim {embed_dim} is not a multiple of num_heads {num_heads}")
         if attn_backend not in ATTENTION_BACKENDS: raise ValueError(f"attn_backend must be one of {ATTENTION_BACKENDS}")
         self.img_size, self.patch_size, self.in_chans, self.embed_dim = img_size, patch_size, in_chans, embed_dim
-        self.depth, self.num_classes, self.cond_dim = depth, num_classes, cond_dim
+        self.depth, self.num_classes, self.cond_dim, self.cond_slot = depth, num_classes, cond_dim, cond_slot
         self.num_patches = (img_size // patch_size) ** 2
-        self.extras = 2 + int(use_cls_token)
+        self.extras = 1 + int(cond_slot) + int(use_cls_token)
         self.patch_embed = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size)
         self.time_embed = (nn.Sequential(nn.Linear(embed_dim, 4 * embed_dim), nn.SiLU(), nn.Linear(4 * embed_dim, embed_dim))
                            if mlp_time_embed else nn.Identity())
@@ -123,7 +123,9 @@ class UViT(nn.Module):
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).expand(B) if torch.as_tensor(t).ndim == 0 else t
         patches = self.patch_embed(x).flatten(2).transpose(1, 2)          # (B, N, D)
         time = self.time_embed(timestep_embedding(t, self.embed_dim))      # (B, D)
-        toks = [time[:, None], self.cond_token(c, B, drop)[:, None]]
+        if not self.cond_slot and (c is not None or drop is not None):
+            raise ValueError("this model has no condition slot (an unconditional official checkpoint): pass c=None")
+        toks = [time[:, None]] + ([self.cond_token(c, B, drop)[:, None]] if self.cond_slot else [])
         if self.cls_token is not None: toks.append(self.cls_token.expand(B, -1, -1))
         return torch.cat(toks + [patches], dim=1) + self.pos_embed         # (B, extras + N, D)
 
@@ -156,7 +158,7 @@ class UViT(nn.Module):
         if not 0 <= layer < self.num_blocks: raise ValueError(f"layer must be in [0, {self.num_blocks - 1}], got {layer}")
         h = self.blocks(self.tokens(x, t, c, drop), stop=layer)            # (B, extras + N, D)
         patches = h[:, self.extras:]
-        token = h[:, 2] if self.cls_token is not None else h[:, 0]
+        token = h[:, self.extras - 1] if self.cls_token is not None else h[:, 0]
         return dict(token=token, mean=patches.mean(1), patches=patches)   # (B, D), (B, D), (B, N, D)
 
 # %% ../nbs/02_uvit.ipynb #c017
@@ -176,3 +178,31 @@ def build_uvit(preset: str = "uvit_l", **overrides) -> UViT:
 def count_params(model: nn.Module) -> int:
     "Number of parameters"
     return sum(p.numel() for p in model.parameters())
+
+# %% ../nbs/02_uvit.ipynb #c020
+def from_official(sd: dict, num_heads: int | None = None, **overrides) -> UViT:
+    "A `UViT` holding the weights of an official U-ViT state dict `sd`"
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    if "patch_embed.proj.weight" not in sd: raise KeyError("not an official U-ViT state dict: no 'patch_embed.proj.weight'")
+    D, C, p, _ = sd["patch_embed.proj.weight"].shape
+    cond = "label_emb.weight" in sd
+    n_patches = sd["pos_embed"].shape[1] - (2 if cond else 1)
+    kw = dict(img_size=int(round(n_patches ** 0.5)) * p, patch_size=p, in_chans=C, embed_dim=D,
+              depth=2 * sum(1 for k in sd if k.startswith("in_blocks.") and k.endswith(".norm1.weight")),
+              num_heads=num_heads or max(1, D // 64), mlp_ratio=sd["mid_block.mlp.fc1.weight"].shape[0] / D,
+              qkv_bias="mid_block.attn.qkv.bias" in sd, mlp_time_embed="time_embed.0.weight" in sd,
+              num_classes=sd["label_emb.weight"].shape[0] - 1 if cond else 0, conv="final_layer.weight" in sd, cond_slot=cond)
+    model = UViT(**{**kw, **overrides})
+    ours = {k.replace("patch_embed.proj.", "patch_embed."): v for k, v in sd.items() if k not in ("pos_embed", "label_emb.weight")}
+    pos = sd["pos_embed"]                                                  # (1, extras + N, D)
+    ours["pos_embed"] = torch.cat([pos[:, 1:2], pos[:, 0:1], pos[:, 2:]], 1) if cond else pos  # [time, label, ...]
+    if cond: ours["label_emb.weight"], ours["null_emb"] = sd["label_emb.weight"][:-1], sd["label_emb.weight"][-1:]
+    else: ours["null_emb"] = model.null_emb.detach().clone()
+    model.load_state_dict(ours)
+    return model
+
+def load_official(path, num_heads: int | None = None, **overrides) -> UViT:
+    "`from_official` on a checkpoint file (e.g. U-ViT's `imagenet256_uvit_large.pth`)"
+    from pathlib import Path
+    if not Path(path).is_file(): raise FileNotFoundError(f"no U-ViT checkpoint at {path} (pass the path of an official .pth file)")
+    return from_official(torch.load(path, map_location="cpu", weights_only=True), num_heads, **overrides)

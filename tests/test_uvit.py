@@ -28,3 +28,16 @@ def test_condition_errors_are_clear():
     m = build_uvit("tiny", img_size=8, patch_size=2, in_chans=1, embed_dim=16, depth=2, num_heads=2)
     with pytest.raises(ValueError, match="num_classes"): m(torch.randn(1, 1, 8, 8), torch.rand(1), torch.tensor([3]))
     with pytest.raises(ValueError, match="multiple of patch_size"): build_uvit("tiny", img_size=10, patch_size=4)
+
+def test_official_checkpoint_file_loads(tmp_path):
+    from selfguide.uvit import load_official
+    torch.manual_seed(0)
+    src = UViT(img_size=8, patch_size=2, in_chans=4, embed_dim=32, depth=4, num_heads=2, num_classes=3)
+    sd = {k.replace("patch_embed.", "patch_embed.proj."): v for k, v in src.state_dict().items() if k not in ("null_emb", "label_emb.weight")}
+    sd["label_emb.weight"] = torch.randn(4, 32)                       # 3 classes + the null row, official layout
+    sd["pos_embed"] = torch.cat([src.pos_embed[:, 1:2], src.pos_embed[:, :1], src.pos_embed[:, 2:]], 1)  # [label, time, ...]
+    torch.save({"module." + k: v for k, v in sd.items()}, tmp_path / "uvit.pth")
+    m = load_official(tmp_path / "uvit.pth", num_heads=2)
+    assert (m.num_classes, m.num_blocks, m.in_chans, m.img_size) == (3, 5, 4, 8)
+    assert torch.equal(m.null_emb, sd["label_emb.weight"][-1:]) and torch.equal(m.pos_embed, src.pos_embed)
+    with pytest.raises(FileNotFoundError, match="checkpoint"): load_official(tmp_path / "missing.pth")
