@@ -26,9 +26,10 @@ if __name__ == "__main__":
     p.add_argument("--preset", default="tiny"); p.add_argument("--img", type=int, default=16)
     p.add_argument("--chans", type=int, default=1); p.add_argument("--patch", type=int, default=2)
     p.add_argument("--batch", type=int, default=128); p.add_argument("--n", type=int, default=8, help="timed steps")
+    p.add_argument("--no-bf16", action="store_true", help="fp32 only (bf16 is 20x slower on CPUs without native bf16)")
     args = p.parse_args()
     print(f"threads={torch.get_num_threads()} {vars(args)}")
-    res = {(b, a): step_time(b, a, args) for b in ("sdpa", "math") for a in (False, True)}
+    res = {(b, a): step_time(b, a, args) for b in ("sdpa", "math") for a in ((False,) if args.no_bf16 else (False, True))}
     base = res[("sdpa", False)]
     for (b, a), s in res.items():
         print(f"{b:5s} {'bf16' if a else 'fp32'}: {s * 1000:8.1f} ms/step  x{base / s:.2f} vs fp32 sdpa")

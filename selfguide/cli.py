@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from .data import to_uint8
 from .guidance import sample_conditions
-from .train import TrainConfig, train, load_run, update_manifest
+from .train import TrainConfig, train, load_run, update_manifest, read_manifest
 from .sample import sample, SOLVERS
 from .metrics import evaluate_samples, check_inception, INCEPTION_ENV
 
@@ -63,9 +63,9 @@ def sample_run(run, n=100, solver="dopri5", steps=50, g=0.4, cls=None, rtol=1e-5
                device="auto", out=None) -> dict:
     "Sample `n` images from the run folder `run`; write them to `out` (.npz) when given"
     model, cfg = load_run(run, device=device)
-    c = sample_conditions(cfg.guidance, n, model.num_classes)
+    c = sample_conditions(cfg.guidance, n, model.num_classes, read_manifest(run).get("clusters", {}).get("counts"), seed)
     if cls is not None:
-        if c is None: raise ValueError(f"--class needs a class-guided run; {run} was trained with guidance={cfg.guidance!r}")
+        if c is None: raise ValueError(f"--class needs a class- or cluster-guided run; {run} was trained with guidance={cfg.guidance!r}")
         if not 0 <= cls < model.num_classes: raise ValueError(f"--class must be in [0, {model.num_classes - 1}], got {cls}")
         c = torch.full((n,), cls)
     r = sample(model, n, c=c, g=g, solver=solver, steps=steps, rtol=rtol, atol=atol, path=cfg.path, seed=seed,

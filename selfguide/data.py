@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_data.ipynb #c002
 from __future__ import annotations
-import gzip, struct
+import gzip, os, struct
 from pathlib import Path
 import numpy as np
 import torch
@@ -13,7 +13,8 @@ from torch.utils.data import Dataset
 
 # %% auto #0
 __all__ = ['DIGITS_TEST', 'FASHION_MNIST_ROOT', 'IMAGE_SUFFIXES', 'DATASETS', 'PLANNED', 'to_float', 'to_uint8', 'ImageDataset',
-           'resize_uint8', 'load_digits', 'read_idx', 'load_fashion_mnist', 'load_npz', 'load_folder', 'load_dataset']
+           'resize_uint8', 'load_digits', 'read_idx', 'load_fashion_mnist', 'load_npz', 'load_folder', 'load_dataset',
+           'cache_root']
 
 # %% ../nbs/00_data.ipynb #c005
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -149,3 +150,8 @@ def load_dataset(name: str, data_root=None, image_size: int | None = None, split
                                   f"available now: {', '.join(DATASETS)}")
     if name not in DATASETS: raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
     return DATASETS[name](split, data_root, image_size)
+
+# %% ../nbs/00_data.ipynb #c025
+def cache_root(cache_dir=None) -> Path:
+    "The cache folder: `cache_dir`, else $SELFGUIDE_CACHE, else ~/.cache/selfguide"
+    return Path(cache_dir or os.environ.get("SELFGUIDE_CACHE") or "~/.cache/selfguide").expanduser()

@@ -4,14 +4,24 @@
 
 # %% ../nbs/04_guidance.ipynb #c002
 from __future__ import annotations
+import hashlib
+from pathlib import Path
+import numpy as np
 import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+from .data import ImageDataset, to_float, cache_root
+from .paths import get_path
 
 # %% auto #0
-__all__ = ['GUIDANCE_MODES', 'PLANNED_MODES', 'check_guidance', 'condition_slot', 'batch_condition', 'sample_conditions']
+__all__ = ['GUIDANCE_MODES', 'PLANNED_MODES', 'LABELLED_MODES', 'READOUTS', 'check_guidance', 'condition_slot', 'batch_condition',
+           'sample_conditions', 'diffusion_features', 'cached_features', 'file_key', 'kmeans', 'cluster_scores',
+           'load_encoder', 'encoder_features']
 
 # %% ../nbs/04_guidance.ipynb #c005
-GUIDANCE_MODES = ("none", "class")
-PLANNED_MODES = ("offline", "external", "online", "online_patch")
+GUIDANCE_MODES = ("none", "class", "offline", "external")
+PLANNED_MODES = ("online", "online_patch")
+LABELLED_MODES = ("class", "offline", "external")  # modes whose condition is an integer id per image
 
 def check_guidance(guidance: str, num_classes: int = 0) -> None:
     "Raise a clear error when `guidance` is unknown, planned, or needs labels the data lacks"
@@ -23,16 +33,105 @@ def check_guidance(guidance: str, num_classes: int = 0) -> None:
         raise ValueError("guidance='class' needs labels, and this dataset has none (all labels are -1)")
 
 def condition_slot(guidance: str, num_classes: int = 0) -> dict:
-    "Keyword arguments that size the U-ViT's condition slot for `guidance`"
-    return dict(num_classes=num_classes) if guidance == "class" else {}
+    "Keyword arguments that size the U-ViT's condition slot for `guidance` (`num_classes`: classes or clusters)"
+    return dict(num_classes=num_classes) if guidance in LABELLED_MODES else {}
 
 # %% ../nbs/04_guidance.ipynb #c008
 def batch_condition(guidance: str, labels: torch.Tensor, p_drop: float = 0.15, generator=None):
     "(c, drop) for a batch with `labels` (B,): c is None for unconditional training"
-    if guidance == "none": return None, None
+    if guidance not in LABELLED_MODES: return None, None
     drop = torch.rand(len(labels), generator=generator) < p_drop  # (B,) True -> null
     return labels, drop.to(labels.device)
 
-def sample_conditions(guidance: str, n: int, num_classes: int = 0):
-    "Default conditions for `n` samples: None, or classes 0..K-1 in turn"
-    return torch.arange(n) % num_classes if guidance == "class" else None
+def sample_conditions(guidance: str, n: int, num_classes: int = 0, counts=None, seed: int = 0):
+    "Conditions for `n` samples: None; classes 0..K-1 in turn; or clusters drawn by their training `counts`, sorted"
+    if guidance not in LABELLED_MODES: return None
+    if counts is None or guidance == "class": return torch.arange(n) % num_classes
+    p = torch.as_tensor(counts, dtype=torch.float)
+    return torch.multinomial(p / p.sum(), n, replacement=True, generator=torch.Generator().manual_seed(seed)).sort().values
+
+# %% ../nbs/04_guidance.ipynb #c011
+READOUTS = ("token", "mean", "patches")
+
+@torch.no_grad()
+def diffusion_features(model, data, layer: int, t: float, readout: str = "patches", path: str = "cv", seed: int = 0,
+                       batch_size: int = 256, progress: bool = True) -> torch.Tensor:
+    "Features (N, F) of the images of `data` (ImageDataset or uint8 (N, C, H, W)) at block `layer` and time `t`"
+    if readout not in READOUTS: raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+    images = data.images if isinstance(data, ImageDataset) else data
+    dev, p, model = next(model.parameters()).device, get_path(path), model.eval()
+    null = model.num_classes > 0 or model.cond_dim > 0  # trained with CFG: read features under the null condition
+    gen, out = torch.Generator().manual_seed(seed), []
+    for xb in tqdm(images.split(batch_size), desc=f"features l={layer} t={t}", disable=not progress, leave=False):
+        x0 = to_float(xb).to(dev)                                                   # (B, C, H, W)
+        noise = torch.randn(x0.shape, generator=gen).to(dev)
+        tb = torch.full((len(x0),), float(t), device=dev)
+        drop = torch.ones(len(x0), dtype=torch.bool, device=dev) if null else None
+        f = model.features(p.x_t(x0, noise, tb), tb, layer, drop=drop)[readout]     # (B, D) or (B, N, D)
+        out.append(f.flatten(1).float().cpu())
+    return torch.cat(out)                                                           # (N, F)
+
+def cached_features(key: str, model, data, layer: int, t: float, readout: str = "patches", cache_dir=None, **kw) -> torch.Tensor:
+    "`diffusion_features`, cached on disk under (key, layer, t, readout); `key` names the checkpoint and data"
+    path = cache_root(cache_dir) / "features" / f"{key}_l{layer}_t{t:g}_{readout}.pt"
+    if path.exists(): return torch.load(path, weights_only=True)
+    f = diffusion_features(model, data, layer, t, readout, **kw)
+    path.parent.mkdir(parents=True, exist_ok=True); torch.save(f, path)
+    return f
+
+def file_key(*paths, extra: str = "") -> str:
+    "A short content hash of files (checkpoints, data) and `extra`, for cache names"
+    h = hashlib.sha1(extra.encode())
+    for p in paths:
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
+    return h.hexdigest()[:12]
+
+# %% ../nbs/04_guidance.ipynb #c014
+def kmeans(features: torch.Tensor, k: int, seed: int = 0) -> np.ndarray:
+    "Cluster ids (N,) of features (N, F) into `k` clusters (faiss if installed, else MiniBatchKMeans)"
+    x = features.float()
+    x = ((x - x.mean(0)) / (x.std(0) + 1e-6)).numpy().astype(np.float32)
+    if k > len(x): raise ValueError(f"cannot make {k} clusters of {len(x)} images")
+    try:
+        import faiss
+        km = faiss.Kmeans(x.shape[1], k, niter=50, seed=seed, verbose=False); km.train(x)
+        return km.index.search(x, 1)[1][:, 0].astype(np.int64)
+    except ImportError:
+        from sklearn.cluster import MiniBatchKMeans
+        return MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=2048).fit_predict(x).astype(np.int64)
+
+def cluster_scores(assign, labels) -> dict:
+    "NMI and ARI of a cluster assignment (N,) against labels (N,); unknown labels (-1) are left out"
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+    a, y = np.asarray(assign), np.asarray(labels)
+    a, y = a[y >= 0], y[y >= 0]
+    return dict(nmi=float(normalized_mutual_info_score(y, a)), ari=float(adjusted_rand_score(y, a)))
+
+# %% ../nbs/04_guidance.ipynb #c017
+def load_encoder(name: str, weights, device="cpu"):
+    "timm model `name` without classifier head, weights from the local file `weights` (--encoder-weights)"
+    import timm
+    if weights is None or not Path(weights).is_file():
+        raise FileNotFoundError(f"encoder weights {weights} not found: pass --encoder-weights PATH, a local state dict for timm's {name!r}")
+    model = timm.create_model(name, pretrained=False, num_classes=0)
+    sd = torch.load(weights, map_location="cpu", weights_only=True)
+    sd = sd.get("state_dict", sd.get("model", sd)) if isinstance(sd, dict) else sd
+    missing, unexpected = model.load_state_dict({k.removeprefix("module."): v for k, v in sd.items()}, strict=False)
+    missing = [k for k in missing if not k.startswith(("head", "fc."))]
+    if missing: raise KeyError(f"{weights} does not fit timm's {name!r}: missing {missing[:5]}{'...' if len(missing) > 5 else ''}")
+    return model.to(device).eval()
+
+@torch.no_grad()
+def encoder_features(encoder, data, batch_size: int = 128, progress: bool = True) -> torch.Tensor:
+    "Pooled features (N, F) of an image encoder for the images of `data`"
+    images = data.images if isinstance(data, ImageDataset) else data
+    cfg = encoder.pretrained_cfg if hasattr(encoder, "pretrained_cfg") else {}
+    size = cfg.get("input_size", (3, 224, 224))[-1]
+    mean, std = (torch.tensor(cfg.get(k, d)).view(1, 3, 1, 1) for k, d in (("mean", (0.485, 0.456, 0.406)), ("std", (0.229, 0.224, 0.225))))
+    dev, out = next(encoder.parameters()).device, []
+    for xb in tqdm(images.split(batch_size), desc="encoder features", disable=not progress, leave=False):
+        x = xb.float().div(255).expand(-1, 3, -1, -1) if xb.shape[1] == 1 else xb.float().div(255)   # (B, 3, H, W) in [0, 1]
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out.append(encoder(((x - mean) / std).to(dev)).float().cpu())                                # (B, F)
+    return torch.cat(out)

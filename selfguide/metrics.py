@@ -11,14 +11,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
-from .data import ImageDataset, load_dataset, to_float, to_uint8
+from .data import ImageDataset, load_dataset, to_float, to_uint8, cache_root
 from .train import resolve_device
 
 # %% auto #0
 __all__ = ['INCEPTION_ENV', 'as_images', 'feature_stats', 'frechet_distance', 'knn_radii', 'precision_recall', 'classifier_score',
-           'FeatureClassifier', 'embed', 'train_classifier', 'cache_root', 'train_test', 'load_classifier',
-           'classifier_metrics', 'check_inception', 'clean_resize', 'InceptionFeatures', 'inception_features',
-           'inception_reference', 'inception_metrics', 'cluster_scores', 'assignment_stats', 'evaluate_samples']
+           'FeatureClassifier', 'embed', 'train_classifier', 'train_test', 'load_classifier', 'classifier_metrics',
+           'check_inception', 'clean_resize', 'InceptionFeatures', 'inception_features', 'inception_reference',
+           'inception_metrics', 'assignment_stats', 'evaluate_samples']
 
 # %% ../nbs/07_metrics.ipynb #c005
 def as_images(x) -> torch.Tensor:
@@ -113,10 +113,6 @@ def train_classifier(train: ImageDataset, test: ImageDataset, epochs: int | None
     return clf.eval(), dict(test_acc=acc, train_s=round(time.time() - t0, 1), epochs=epochs, n_train=len(x), n_test=int(known.sum()))
 
 # %% ../nbs/07_metrics.ipynb #c019
-def cache_root(cache_dir=None) -> Path:
-    "The cache folder: `cache_dir`, else $SELFGUIDE_CACHE, else ~/.cache/selfguide"
-    return Path(cache_dir or os.environ.get("SELFGUIDE_CACHE") or "~/.cache/selfguide").expanduser()
-
 def _data_key(dataset, data_root, size) -> str:
     root = "" if data_root is None else "_" + hashlib.sha1(str(Path(data_root).expanduser().resolve()).encode()).hexdigest()[:8]
     return f"{dataset}{root}_{size or 'native'}px"
@@ -227,12 +223,7 @@ def inception_metrics(extractor, images, ref: dict, progress: bool = True) -> di
             "is": isc["inception_score_mean"], "is_std": isc["inception_score_std"]}
 
 # %% ../nbs/07_metrics.ipynb #c035
-def cluster_scores(assign, labels) -> dict:
-    "NMI and ARI of a cluster assignment (N,) against labels (N,); unknown labels (-1) are left out"
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-    a, y = np.asarray(assign), np.asarray(labels)
-    a, y = a[y >= 0], y[y >= 0]
-    return dict(nmi=float(normalized_mutual_info_score(y, a)), ari=float(adjusted_rand_score(y, a)))
+from .guidance import cluster_scores  # NMI and ARI; defined with the clusters it scores (the trainer needs it too)
 
 def assignment_stats(assign, num_clusters: int | None = None) -> dict:
     "Histogram statistics of an assignment (N,) to `num_clusters`: counts, entropy, normalised entropy, used fraction, largest share"

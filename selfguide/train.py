@@ -11,15 +11,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
-from .data import load_dataset
+from .data import load_dataset, ImageDataset
 from .paths import get_path
-from .uvit import build_uvit, count_params, PRESETS
-from .guidance import check_guidance, condition_slot, batch_condition
+from .uvit import build_uvit, count_params, PRESETS, load_official
+from .guidance import (check_guidance, condition_slot, batch_condition, cached_features, file_key, kmeans,
+                                cluster_scores, load_encoder, encoder_features, READOUTS)
 
 # %% auto #0
 __all__ = ['TrainConfig', 'step_generator', 'StepBatchSampler', 'ema_update', 'ema_decay_at', 'lr_at', 'resolve_device',
-           'autocast', 'git_revision', 'read_manifest', 'update_manifest', 'save_checkpoint', 'build_model', 'train',
-           'load_run']
+           'autocast', 'git_revision', 'read_manifest', 'update_manifest', 'save_checkpoint', 'build_model',
+           'load_init', 'init_weights_from', 'cluster_conditions', 'train', 'load_run']
 
 # %% ../nbs/05_train.ipynb #c005
 @dataclass
@@ -51,6 +52,14 @@ class TrainConfig:
     out_dir: str = "outputs/run"
     ckpt_every: int = 1_000        # checkpoint interval in steps (and always at the end)
     resume: bool = True            # continue from out_dir's checkpoint when there is one
+    init: str | None = None        # start from this run folder's EMA weights or an official U-ViT .pth (offline: its features)
+    clusters: int = 300            # K of k-means (offline, external); the paper: 300 on ImageNet-100, 30 on LSUN
+    feature_layer: int | None = None  # block whose features are clustered (None: the middle block; paper: 10 of 21)
+    feature_t: float = 0.2         # time at which the features are read (the paper's t = 0.2)
+    feature_readout: str = "patches"  # token, mean or patches (see selfguide.guidance.diffusion_features)
+    encoder: str = "vit_small_patch16_224.dino"  # timm encoder for guidance="external"
+    encoder_weights: str | None = None  # local weights file of the encoder
+    cache_dir: str | None = None   # feature cache (default $SELFGUIDE_CACHE or ~/.cache/selfguide)
 
     def __post_init__(self):
         for f in fields(self):  # papermill and the CLI pass strings and floats; coerce to the declared type
@@ -64,6 +73,7 @@ class TrainConfig:
         if self.amp not in ("auto", "bf16", "none"): raise ValueError(f"amp must be 'auto', 'bf16' or 'none', got {self.amp!r}")
         if self.steps < 1 or self.batch_size < 1: raise ValueError("steps and batch_size must be positive")
         if not 0 <= self.p_drop < 1: raise ValueError(f"p_drop must be in [0, 1), got {self.p_drop}")
+        if self.feature_readout not in READOUTS: raise ValueError(f"feature_readout must be one of {READOUTS}")
 
 # %% ../nbs/05_train.ipynb #c008
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -144,6 +154,41 @@ def build_model(cfg: TrainConfig, shape, num_classes: int) -> torch.nn.Module:
                       **condition_slot(cfg.guidance, num_classes))
 
 # %% ../nbs/05_train.ipynb #c016
+def load_init(init, device="cpu"):
+    "(model, cache key, path name) of `init`: a run folder (EMA weights) or an official U-ViT .pth"
+    p = Path(init)
+    if p.is_dir():
+        model, cfg = load_run(p, device=device)
+        return model, file_key(p / "checkpoints" / "last.pt"), cfg.path
+    if p.is_file(): return load_official(p).to(device).eval(), file_key(p), "cv"
+    raise FileNotFoundError(f"--init {init}: neither a run folder nor a checkpoint file")
+
+def init_weights_from(model, state: dict) -> list:
+    "Copy the tensors of `state` whose name and shape match `model`'s; returns the names left as they were"
+    own = model.state_dict()
+    take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(take, strict=False)
+    return sorted(set(own) - set(take))
+
+def cluster_conditions(cfg, data: ImageDataset, device) -> tuple[ImageDataset, dict]:
+    "The training set with k-means cluster ids as labels, and the clusters' statistics"
+    if cfg.guidance == "offline":
+        if cfg.init is None: raise ValueError("guidance='offline' needs init (--init): a trained run folder or an official U-ViT checkpoint to take features from")
+        src, key, path = load_init(cfg.init, device)
+        layer = src.num_blocks // 2 if cfg.feature_layer is None else cfg.feature_layer
+        feats = cached_features(f"{key}_{cfg.dataset}{len(data)}", src, data, layer, cfg.feature_t, cfg.feature_readout,
+                                cfg.cache_dir, path=path, seed=cfg.seed)
+        info = dict(source=str(cfg.init), layer=layer, t=cfg.feature_t, readout=cfg.feature_readout)
+    else:
+        feats = encoder_features(load_encoder(cfg.encoder, cfg.encoder_weights, device), data)
+        info = dict(source=cfg.encoder, weights=str(cfg.encoder_weights))
+    assign = kmeans(feats, cfg.clusters, cfg.seed)                                     # (N,)
+    counts = np.bincount(assign, minlength=cfg.clusters)
+    info.update(k=cfg.clusters, used=float((counts > 0).mean()), counts=counts.tolist())
+    if (data.labels >= 0).any(): info.update(cluster_scores(assign, data.labels))
+    return ImageDataset(data.images, torch.from_numpy(assign), data.name), info
+
+# %% ../nbs/05_train.ipynb #c018
 _RESUMABLE = {"steps", "resume", "ckpt_every", "num_workers", "device", "out_dir"}  # may change across a resume
 
 def train(**config) -> Path:
@@ -152,9 +197,16 @@ def train(**config) -> Path:
     out, device = Path(cfg.out_dir), resolve_device(cfg.device)
     data = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
     check_guidance(cfg.guidance, data.num_classes)
+    clusters, num_classes = {}, data.num_classes
+    if cfg.guidance in ("offline", "external"):
+        data, clusters = cluster_conditions(cfg, data, device)
+        num_classes = cfg.clusters
     path = get_path(cfg.path)
     torch.manual_seed(cfg.seed); np.random.seed(cfg.seed); random.seed(cfg.seed)  # the initial weights
-    model = build_model(cfg, data.shape, data.num_classes).to(device)
+    model = build_model(cfg, data.shape, num_classes).to(device)
+    if cfg.init is not None and not (out / "checkpoints" / "last.pt").exists():
+        fresh = init_weights_from(model, load_init(cfg.init)[0].state_dict())
+        print(f"initialised from {cfg.init}; fresh: {', '.join(fresh) or 'nothing'}")
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     start, losses, ckpt_path = 0, [], out / "checkpoints" / "last.pt"
@@ -205,10 +257,11 @@ def train(**config) -> Path:
     update_manifest(out, params=asdict(cfg), seed=cfg.seed, git_revision=git_revision(), timings=timings,
                     environment=dict(torch=torch.__version__, device=str(device), threads=torch.get_num_threads(), python=platform.python_version()),
                     model=dict(params=count_params(model), blocks=model.num_blocks, tokens=model.num_patches + model.extras),
-                    metrics=dict(final_loss=float(np.mean(losses[-100:]))))
+                    metrics=dict(final_loss=float(np.mean(losses[-100:])), **{k: clusters[k] for k in ("nmi", "ari") if k in clusters}),
+                    **({"clusters": clusters} if clusters else {}))
     return out
 
-# %% ../nbs/05_train.ipynb #c018
+# %% ../nbs/05_train.ipynb #c020
 def load_run(run_dir, ema: bool = True, device: str = "auto"):
     "(model, config) of the run in `run_dir`; the EMA weights unless `ema=False`"
     ck_path = Path(run_dir) / "checkpoints" / "last.pt"
