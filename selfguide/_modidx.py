@@ -21,6 +21,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'selfguide.data.load_digits': ('data.html#load_digits', 'selfguide/data.py'),
                                 'selfguide.data.load_fashion_mnist': ('data.html#load_fashion_mnist', 'selfguide/data.py'),
                                 'selfguide.data.load_folder': ('data.html#load_folder', 'selfguide/data.py'),
+                                'selfguide.data.load_latents': ('data.html#load_latents', 'selfguide/data.py'),
                                 'selfguide.data.load_npz': ('data.html#load_npz', 'selfguide/data.py'),
                                 'selfguide.data.read_idx': ('data.html#read_idx', 'selfguide/data.py'),
                                 'selfguide.data.resize_uint8': ('data.html#resize_uint8', 'selfguide/data.py'),

@@ -13,23 +13,23 @@ from torch.utils.data import Dataset
 
 # %% auto #0
 __all__ = ['DIGITS_TEST', 'FASHION_MNIST_ROOT', 'IMAGE_SUFFIXES', 'DATASETS', 'PLANNED', 'to_float', 'to_uint8', 'ImageDataset',
-           'resize_uint8', 'load_digits', 'read_idx', 'load_fashion_mnist', 'load_npz', 'load_folder', 'load_dataset',
-           'cache_root']
+           'resize_uint8', 'load_digits', 'read_idx', 'load_fashion_mnist', 'load_npz', 'load_folder', 'load_latents',
+           'load_dataset', 'cache_root']
 
 # %% ../nbs/00_data.ipynb #c005
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    "uint8 images in [0, 255] -> float32 in [-1, 1]"
-    return images.float().div(127.5).sub(1.0)
+    "uint8 images in [0, 255] -> float32 in [-1, 1]; float tensors (latents) are already in model space"
+    return images.float() if images.is_floating_point() else images.float().div(127.5).sub(1.0)
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     "float images in [-1, 1] (clipped) -> uint8 in [0, 255]; the inverse of `to_float`"
     return images.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
 
 class ImageDataset(Dataset):
-    "In-memory images `(N, C, H, W)` uint8 with labels `(N,)` (-1 = unknown); items are (float image in [-1, 1], label)"
+    "In-memory images `(N, C, H, W)` uint8 (or float latents) with labels `(N,)` (-1 = unknown); items are (float image, label)"
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | None = None, name: str = ""):
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if (images.dtype != torch.uint8 and not images.is_floating_point()) or images.ndim != 4:
+            raise ValueError(f"images must be uint8 (or float latents) (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         self.images, self.name = images, name
         self.labels = torch.full((len(images),), -1, dtype=torch.long) if labels is None else torch.as_tensor(labels).long()
         if len(self.labels) != len(images): raise ValueError(f"{len(images)} images but {len(self.labels)} labels")
@@ -135,13 +135,25 @@ def _existing(data_root, name, what) -> Path:
     return p
 
 # %% ../nbs/00_data.ipynb #c022
+def load_latents(data_root) -> ImageDataset:
+    "Pre-encoded latents from an .npz with `latents` float (N, C, H, W) and optional `labels`"
+    path = _existing(data_root, "latents", "an .npz of latents")
+    with np.load(path) as z:
+        if "latents" not in z: raise KeyError(f"{path} has no array 'latents' (found: {sorted(z.keys())})")
+        lat, labels = torch.from_numpy(z["latents"]).float(), (z["labels"] if "labels" in z else None)
+    if lat.ndim != 4: raise ValueError(f"{path}: 'latents' must be (N, C, H, W), got {tuple(lat.shape)}")
+    return ImageDataset(lat, None if labels is None else torch.from_numpy(labels.astype(np.int64)), name="latents")
+
+# %% ../nbs/00_data.ipynb #c025
 DATASETS = {
     "digits": lambda split, data_root, image_size: load_digits(split, image_size),
     "fashion_mnist": load_fashion_mnist,
     "npz": lambda split, data_root, image_size: load_npz(data_root, image_size),
     "folder": lambda split, data_root, image_size: load_folder(data_root, image_size),
+    "latents": lambda split, data_root, image_size: load_latents(data_root),
 }
-PLANNED = {"lsun": "LSUN-Churches (LMDB)", "imagenet": "ImageNet 256 (SD-VAE latents)", "imagenet100": "ImageNet-100 (SD-VAE latents)"}
+PLANNED = {"lsun": "LSUN-Churches (LMDB)", "imagenet": "ImageNet 256 via the SD-VAE; pre-encoded latents load as 'latents'",
+           "imagenet100": "ImageNet-100 via the SD-VAE; pre-encoded latents load as 'latents'"}
 
 def load_dataset(name: str, data_root=None, image_size: int | None = None, split: str = "train") -> ImageDataset:
     "Load dataset `name` (one of `DATASETS`) as an `ImageDataset`"
@@ -151,7 +163,7 @@ def load_dataset(name: str, data_root=None, image_size: int | None = None, split
     if name not in DATASETS: raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
     return DATASETS[name](split, data_root, image_size)
 
-# %% ../nbs/00_data.ipynb #c025
+# %% ../nbs/00_data.ipynb #c028
 def cache_root(cache_dir=None) -> Path:
     "The cache folder: `cache_dir`, else $SELFGUIDE_CACHE, else ~/.cache/selfguide"
     return Path(cache_dir or os.environ.get("SELFGUIDE_CACHE") or "~/.cache/selfguide").expanduser()

@@ -26,3 +26,12 @@ def test_fashion_mnist_installed():
     train, test = load_dataset("fashion_mnist"), load_dataset("fashion_mnist", split="test")
     assert (len(train), len(test), train.shape, train.num_classes) == (60000, 10000, (1, 28, 28), 10)
     assert torch.bincount(train.labels).tolist() == [6000] * 10
+
+def test_latents(tmp_path):
+    lat = np.random.default_rng(0).standard_normal((5, 4, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "lat.npz", latents=lat)
+    ds = load_dataset("latents", tmp_path / "lat.npz")
+    x, y = ds[2]
+    assert ds.shape == (4, 8, 8) and y == -1 and torch.equal(x, torch.from_numpy(lat[2]))  # latents pass unchanged
+    with pytest.raises(KeyError, match="latents"):
+        np.savez(tmp_path / "bad.npz", images=lat); load_dataset("latents", tmp_path / "bad.npz")
