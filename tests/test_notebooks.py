@@ -12,12 +12,12 @@ def run_papermill(*args, cwd=ROOT):
 
 def test_without_output_notebook_the_run_writes_its_results(tmp_path):
     out = tmp_path / "run"
-    r = run_papermill("-p", "dataset", "digits", "-p", "steps", "3", "-p", "batch_size", "16", "-p", "n_samples", "10",
+    r = run_papermill("-p", "dataset", "digits", "-p", "steps", "3", "-p", "batch_size", "16", "-p", "n_samples", "10", "-p", "n_eval", "12",
                       "-p", "out_dir", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
     for f in ("samples.png", "loss.png", "loss.csv", "manifest.json"): assert (out / f).exists(), f
     m = json.loads((out / "manifest.json").read_text())
-    assert m["params"]["steps"] == 3 and m["sampling"]["n"] == 10
+    assert m["params"]["steps"] == 3 and m["sampling"]["n"] == 12 and m["metrics"]["n_samples"] == 12
 
 def test_unknown_paper_scale_dataset_fails_clearly(tmp_path):
     r = run_papermill(str(tmp_path / "out.ipynb"), "-p", "dataset", "lsun", "-p", "out_dir", str(tmp_path / "run"))
