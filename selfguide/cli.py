@@ -4,8 +4,8 @@
 
 # %% ../nbs/09_cli.ipynb #c002
 from __future__ import annotations
-import argparse, json, sys
-from dataclasses import fields, MISSING
+import argparse, json
+from dataclasses import fields
 from pathlib import Path
 import numpy as np
 import torch

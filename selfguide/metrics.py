@@ -223,7 +223,7 @@ def inception_metrics(extractor, images, ref: dict, progress: bool = True) -> di
             "is": isc["inception_score_mean"], "is_std": isc["inception_score_std"]}
 
 # %% ../nbs/07_metrics.ipynb #c035
-from .guidance import cluster_scores  # NMI and ARI; defined with the clusters it scores (the trainer needs it too)
+from .guidance import cluster_scores  # noqa: F401  NMI and ARI; defined with the clusters it scores (the trainer needs it too)
 
 def assignment_stats(assign, num_clusters: int | None = None) -> dict:
     "Histogram statistics of an assignment (N,) to `num_clusters`: counts, entropy, normalised entropy, used fraction, largest share"

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 import numpy as np
 import torch
-import matplotlib
 import matplotlib.pyplot as plt
 from .data import to_uint8
 

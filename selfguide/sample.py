@@ -5,7 +5,6 @@
 # %% ../nbs/06_sample.ipynb #c002
 from __future__ import annotations
 from dataclasses import dataclass, field
-import math
 import torch
 from torchdiffeq import odeint
 from tqdm import tqdm

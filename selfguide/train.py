@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_train.ipynb #c002
 from __future__ import annotations
-import copy, dataclasses, json, os, platform, random, statistics, subprocess, time
+import copy, json, os, platform, random, statistics, subprocess, time
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 import numpy as np
