@@ -83,8 +83,8 @@ def evaluate(samples=None, run=None, dataset=None, data_root=None, inception=Non
     "Metrics of the samples in an .npz (`samples`) or of `n` fresh samples from a run folder (`run`)"
     check_inception(inception)  # fail before any sampling
     if run is not None:
-        cfg = load_run(run, device="cpu")[1]
-        dataset, data_root = dataset or cfg.dataset, data_root or cfg.data_root
+        params = read_manifest(run).get("params", {})  # the run's dataset, without loading its model twice
+        dataset, data_root = dataset or params.get("dataset"), data_root or params.get("data_root")
         images = sample_run(run, n, solver, steps, g, None, rtol, atol, seed, device=device)["images"]
     else:
         if dataset is None: raise ValueError("--dataset is needed with --samples (which data the samples imitate)")

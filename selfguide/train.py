@@ -170,11 +170,11 @@ def init_weights_from(model, state: dict) -> list:
     model.load_state_dict(take, strict=False)
     return sorted(set(own) - set(take))
 
-def cluster_conditions(cfg, data: ImageDataset, device) -> tuple[ImageDataset, dict]:
-    "The training set with k-means cluster ids as labels, and the clusters' statistics"
+def cluster_conditions(cfg, data: ImageDataset, device, init=None) -> tuple[ImageDataset, dict]:
+    "The training set with k-means cluster ids as labels, and the clusters' statistics; `init` is `load_init`'s result"
     if cfg.guidance == "offline":
-        if cfg.init is None: raise ValueError("guidance='offline' needs init (--init): a trained run folder or an official U-ViT checkpoint to take features from")
-        src, key, path = load_init(cfg.init, device)
+        if init is None: raise ValueError("guidance='offline' needs init (--init): a trained run folder or an official U-ViT checkpoint to take features from")
+        src, key, path = init
         layer = src.num_blocks // 2 if cfg.feature_layer is None else cfg.feature_layer
         feats = cached_features(f"{key}_{cfg.dataset}{len(data)}", src, data, layer, cfg.feature_t, cfg.feature_readout,
                                 cfg.cache_dir, path=path, seed=cfg.seed)
@@ -197,19 +197,20 @@ def train(**config) -> Path:
     out, device = Path(cfg.out_dir), resolve_device(cfg.device)
     data = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
     check_guidance(cfg.guidance, data.num_classes)
+    start, losses, ckpt_path = 0, [], out / "checkpoints" / "last.pt"
+    init = load_init(cfg.init, device) if cfg.init is not None else None  # (model, cache key, path): loaded once
     clusters, num_classes = {}, data.num_classes
     if cfg.guidance in ("offline", "external"):
-        data, clusters = cluster_conditions(cfg, data, device)
+        data, clusters = cluster_conditions(cfg, data, device, init)
         num_classes = cfg.clusters
     path = get_path(cfg.path)
     torch.manual_seed(cfg.seed); np.random.seed(cfg.seed); random.seed(cfg.seed)  # the initial weights
     model = build_model(cfg, data.shape, num_classes).to(device)
-    if cfg.init is not None and not (out / "checkpoints" / "last.pt").exists():
-        fresh = init_weights_from(model, load_init(cfg.init)[0].state_dict())
+    if init is not None and not ckpt_path.exists():
+        fresh = init_weights_from(model, init[0].state_dict())
         print(f"initialised from {cfg.init}; fresh: {', '.join(fresh) or 'nothing'}")
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
-    start, losses, ckpt_path = 0, [], out / "checkpoints" / "last.pt"
     if ckpt_path.exists() and cfg.resume:
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         diff = {k: (v, asdict(cfg)[k]) for k, v in ck["config"].items() if k not in _RESUMABLE and asdict(cfg).get(k) != v}
