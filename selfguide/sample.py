@@ -60,6 +60,8 @@ def sample(model, n: int, c=None, g: float = 0.4, solver: str = "dopri5", steps:
     "Draw `n` samples from `model` with condition `c` (None, or (n,) ids / (n, d) vectors) and guidance strength `g`"
     if solver not in SOLVERS: raise ValueError(f"unknown solver {solver!r}; known solvers: {', '.join(SOLVERS)}")
     if solver not in ADAPTIVE and steps < 1: raise ValueError(f"steps must be >= 1 for {solver}, got {steps}")
+    if return_estimates and solver in ADAPTIVE and n > batch_size:  # batches would take different time grids
+        raise ValueError(f"return_estimates with the adaptive {solver} needs one batch: set batch_size >= n ({n})")
     path = get_path(path) if isinstance(path, str) else path
     dev = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
@@ -81,5 +83,5 @@ def sample(model, n: int, c=None, g: float = 0.4, solver: str = "dopri5", steps:
             return v
         outs.append(_integrate(f, xb, solver, steps, rtol, atol, path, sde_scale, gen).cpu())
         nfes.append(count[0]); ests.append(est)
-    estimates = [(t, torch.cat([e[k][1] for e in ests])) for k, (t, _) in enumerate(ests[0])] if return_estimates and len(set(map(len, ests))) == 1 else ests[0]
-    return SampleResult(torch.cat(outs), sum(nfes) / len(nfes), c, estimates if return_estimates else [])
+    estimates = [(t, torch.cat([e[k][1] for e in ests])) for k, (t, _) in enumerate(ests[0])]  # same grid in every batch
+    return SampleResult(torch.cat(outs), sum(nfes) / len(nfes), c, estimates)
