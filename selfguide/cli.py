@@ -9,10 +9,10 @@ from dataclasses import fields
 from pathlib import Path
 import numpy as np
 import torch
-from .data import to_uint8
-from .guidance import sample_conditions
+from .data import to_uint8, load_image, load_dataset
+from .guidance import sample_conditions, ONLINE_MODES
 from .train import TrainConfig, train, load_run, update_manifest, read_manifest
-from .sample import sample, SOLVERS
+from .sample import sample, SOLVERS, prototype_conditions
 from .metrics import evaluate_samples, check_inception, INCEPTION_ENV
 
 # %% auto #0
@@ -39,6 +39,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=50, help="steps of fixed-step solvers and the SDE")
     s.add_argument("--g", type=float, default=0.4, help="guidance strength (Eq. 17)")
     s.add_argument("--class", dest="cls", type=int, default=None, help="condition every sample on this class (class guidance)")
+    s.add_argument("--prototype", type=int, default=None, help="online runs: condition every sample (every patch) on prototype K")
+    s.add_argument("--query", default=None, help="online runs: an image file; all samples share its prototype (or per-patch prototypes)")
     s.add_argument("--rtol", type=float, default=1e-5); s.add_argument("--atol", type=float, default=1e-5)
     s.add_argument("--seed", type=int, default=0); s.add_argument("--batch-size", type=int, default=500)
     s.add_argument("--device", default="auto")
@@ -60,18 +62,30 @@ def parser() -> argparse.ArgumentParser:
 
 # %% ../nbs/09_cli.ipynb #c007
 def sample_run(run, n=100, solver="dopri5", steps=50, g=0.4, cls=None, rtol=1e-5, atol=1e-5, seed=0, batch_size=500,
-               device="auto", out=None) -> dict:
+               device="auto", out=None, prototype=None, query=None) -> dict:
     "Sample `n` images from the run folder `run`; write them to `out` (.npz) when given"
     model, cfg = load_run(run, device=device)
-    c = sample_conditions(cfg.guidance, n, model.num_classes, read_manifest(run).get("clusters", {}).get("counts"), seed)
+    online, extra = cfg.guidance in ONLINE_MODES, {}
+    if (prototype is not None or query is not None) and not online:
+        raise ValueError(f"--prototype and --query need an online run; {run} was trained with guidance={cfg.guidance!r}")
+    if online:
+        if query is not None: query = load_image(query, model.in_chans, model.img_size)
+        data = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size) if model.bootstrap.patch and prototype is None and query is None else None
+        c, ids = prototype_conditions(model, n, prototype, query, read_manifest(run).get("metrics", {}).get("prototype_counts"),
+                                      data, cfg.path, seed)
+        if model.bootstrap.patch: extra["prototype_maps"] = ids.numpy()
+        labels = torch.full((n,), -1) if model.bootstrap.patch else ids
+    else:
+        c = sample_conditions(cfg.guidance, n, model.num_classes, read_manifest(run).get("clusters", {}).get("counts"), seed)
+        labels = c if c is not None else torch.full((n,), -1)
     if cls is not None:
+        if online: raise ValueError("--class is for class- or cluster-guided runs; online runs take --prototype")
         if c is None: raise ValueError(f"--class needs a class- or cluster-guided run; {run} was trained with guidance={cfg.guidance!r}")
         if not 0 <= cls < model.num_classes: raise ValueError(f"--class must be in [0, {model.num_classes - 1}], got {cls}")
-        c = torch.full((n,), cls)
+        c = labels = torch.full((n,), cls)
     r = sample(model, n, c=c, g=g, solver=solver, steps=steps, rtol=rtol, atol=atol, path=cfg.path, seed=seed,
                batch_size=batch_size, amp=cfg.amp)
-    res = dict(images=to_uint8(r.x).permute(0, 2, 3, 1).numpy(), labels=(c if c is not None else torch.full((n,), -1)).numpy(),
-               nfe=np.array(r.nfe))
+    res = dict(images=to_uint8(r.x).permute(0, 2, 3, 1).numpy(), labels=labels.numpy(), nfe=np.array(r.nfe), **extra)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(out, **res)

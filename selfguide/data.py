@@ -13,8 +13,8 @@ from torch.utils.data import Dataset
 
 # %% auto #0
 __all__ = ['DIGITS_TEST', 'FASHION_MNIST_ROOT', 'IMAGE_SUFFIXES', 'DATASETS', 'PLANNED', 'to_float', 'to_uint8', 'ImageDataset',
-           'resize_uint8', 'load_digits', 'read_idx', 'load_fashion_mnist', 'load_npz', 'load_folder', 'load_latents',
-           'load_dataset', 'cache_root']
+           'resize_uint8', 'load_digits', 'read_idx', 'load_fashion_mnist', 'load_npz', 'load_folder', 'load_image',
+           'load_latents', 'load_dataset', 'cache_root']
 
 # %% ../nbs/00_data.ipynb #c005
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -127,6 +127,17 @@ def load_folder(data_root, image_size: int | None = None) -> ImageDataset:
         im = im.crop((l, t, l + s, t + s)).resize((size, size), Image.BICUBIC)
         out.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
     return ImageDataset(torch.stack(out), torch.tensor([y for _, y in files]), name="folder")
+
+def load_image(path, channels: int, size: int) -> torch.Tensor:
+    "One image file as uint8 (1, channels, size, size): centre-cropped, resized, grey (1) or RGB (3); e.g. a query image"
+    from PIL import Image
+    p = Path(path).expanduser()
+    if not p.is_file(): raise FileNotFoundError(f"no image file at {p} (--query)")
+    if channels not in (1, 3): raise ValueError(f"images have 1 or 3 channels, the model has {channels}: pass a dataset image instead")
+    im = Image.open(p).convert("L" if channels == 1 else "RGB")
+    s = min(im.size); l, t = (im.width - s) // 2, (im.height - s) // 2
+    im = im.crop((l, t, l + s, t + s)).resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(im).copy()).reshape(size, size, channels).permute(2, 0, 1)[None]
 
 def _existing(data_root, name, what) -> Path:
     if data_root is None: raise ValueError(f"dataset {name!r} needs data_root (--data-root): {what}")

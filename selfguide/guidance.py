@@ -14,14 +14,15 @@ from .data import ImageDataset, to_float, cache_root
 from .paths import get_path
 
 # %% auto #0
-__all__ = ['GUIDANCE_MODES', 'PLANNED_MODES', 'LABELLED_MODES', 'READOUTS', 'check_guidance', 'condition_slot', 'batch_condition',
-           'sample_conditions', 'diffusion_features', 'cached_features', 'file_key', 'kmeans', 'cluster_scores',
-           'load_encoder', 'encoder_features']
+__all__ = ['GUIDANCE_MODES', 'PLANNED_MODES', 'LABELLED_MODES', 'ONLINE_MODES', 'READOUTS', 'check_guidance', 'condition_slot',
+           'batch_condition', 'sample_conditions', 'diffusion_features', 'cached_features', 'file_key', 'kmeans',
+           'cluster_scores', 'load_encoder', 'encoder_features']
 
 # %% ../nbs/04_guidance.ipynb #c005
-GUIDANCE_MODES = ("none", "class", "offline", "external")
-PLANNED_MODES = ("online", "online_patch")
+GUIDANCE_MODES = ("none", "class", "offline", "external", "online", "online_patch")
+PLANNED_MODES = ()
 LABELLED_MODES = ("class", "offline", "external")  # modes whose condition is an integer id per image
+ONLINE_MODES = ("online", "online_patch")          # modes whose condition is a prototype learnt while training
 
 def check_guidance(guidance: str, num_classes: int = 0) -> None:
     "Raise a clear error when `guidance` is unknown, planned, or needs labels the data lacks"
@@ -32,8 +33,10 @@ def check_guidance(guidance: str, num_classes: int = 0) -> None:
     if guidance == "class" and num_classes < 1:
         raise ValueError("guidance='class' needs labels, and this dataset has none (all labels are -1)")
 
-def condition_slot(guidance: str, num_classes: int = 0) -> dict:
-    "Keyword arguments that size the U-ViT's condition slot for `guidance` (`num_classes`: classes or clusters)"
+def condition_slot(guidance: str, num_classes: int = 0, online_condition: str = "vector", dim: int = 128) -> dict:
+    "Keyword arguments that size the U-ViT's condition slot for `guidance` (`num_classes`: classes, clusters or prototypes)"
+    if guidance in ONLINE_MODES:  # prototype vectors of size `dim`, or one embedding row per prototype
+        return dict(cond_dim=dim) if online_condition == "vector" else dict(num_classes=num_classes)
     return dict(num_classes=num_classes) if guidance in LABELLED_MODES else {}
 
 # %% ../nbs/04_guidance.ipynb #c008

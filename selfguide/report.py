@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 from .data import to_uint8
 
 # %% auto #0
-__all__ = ['image_grid', 'save_grid', 'plot_loss']
+__all__ = ['image_grid', 'save_grid', 'plot_loss', 'plot_prototypes']
 
 # %% ../nbs/08_report.ipynb #c005
 def image_grid(x: torch.Tensor, nrow: int = 10, pad: int = 1) -> np.ndarray:
@@ -43,5 +43,24 @@ def plot_loss(losses, path=None, window: int = 50, title: str = "training loss")
     if len(losses) >= window:
         ax.plot(np.arange(window - 1, len(losses)), np.convolve(losses, np.ones(window) / window, mode="valid"), label=f"mean of {window}")
     ax.set(xlabel="step", ylabel="flow-matching loss", yscale="log", title=title); ax.legend(); fig.tight_layout()
+    if path is not None: Path(path).parent.mkdir(parents=True, exist_ok=True); fig.savefig(path, dpi=120)
+    return fig
+
+# %% ../nbs/08_report.ipynb #c011
+def plot_prototypes(counts, monitor=(), warmup_end: int | None = None, path=None, title: str = "prototypes"):
+    "Histogram of prototype `counts` and, from `monitor` ([{step, nmi, ari, prototypes_used}, ...]), their course"
+    counts = np.asarray(counts)
+    fig, axs = plt.subplots(1, 2 if monitor else 1, figsize=(10 if monitor else 5, 3.2), squeeze=False)
+    ax = axs[0, 0]
+    ax.bar(np.arange(len(counts)), counts / counts.sum(), color="C0")
+    ax.axhline(1 / len(counts), color="k", lw=0.8, ls="--", label="uniform")
+    ax.set(xlabel="prototype", ylabel="share of images", title=f"{title}: {(counts > 0).mean():.0%} used"); ax.legend()
+    if monitor:
+        ax, steps = axs[0, 1], [m["step"] for m in monitor]
+        for k in ("nmi", "ari", "prototypes_used"):
+            if all(k in m for m in monitor): ax.plot(steps, [m[k] for m in monitor], marker="o", label=k)
+        if warmup_end: ax.axvline(warmup_end, color="k", lw=0.8, ls=":", label="end of warm-up")
+        ax.set(xlabel="step", ylim=(0, 1.02), title="during training"); ax.legend()
+    fig.tight_layout()
     if path is not None: Path(path).parent.mkdir(parents=True, exist_ok=True); fig.savefig(path, dpi=120)
     return fig

@@ -9,10 +9,12 @@ import torch
 from torchdiffeq import odeint
 from tqdm import tqdm
 from .paths import ProbabilityPath, get_path
+from .data import ImageDataset
+from .online import assign_images
 from .train import autocast
 
 # %% auto #0
-__all__ = ['FIXED_STEP', 'ADAPTIVE', 'SOLVERS', 'cfg_velocity', 'SampleResult', 'sample']
+__all__ = ['FIXED_STEP', 'ADAPTIVE', 'SOLVERS', 'cfg_velocity', 'SampleResult', 'sample', 'prototype_conditions']
 
 # %% ../nbs/06_sample.ipynb #c005
 def cfg_velocity(model, x, t, c=None, g: float = 0.0):
@@ -85,3 +87,29 @@ def sample(model, n: int, c=None, g: float = 0.4, solver: str = "dopri5", steps:
         nfes.append(count[0]); ests.append(est)
     estimates = [(t, torch.cat([e[k][1] for e in ests])) for k, (t, _) in enumerate(ests[0])]  # same grid in every batch
     return SampleResult(torch.cat(outs), sum(nfes) / len(nfes), c, estimates)
+
+# %% ../nbs/06_sample.ipynb #c016
+def prototype_conditions(model, n: int, prototype: int | None = None, query=None, counts=None, data=None,
+                         path: str = "cv", seed: int = 0):
+    "(c, ids) for `n` samples of an online run: prototype `prototype`, the prototype(s) of a `query` image, or drawn as in the data"
+    boot = getattr(model, "bootstrap", None)
+    if boot is None: raise ValueError("prototype conditions need an online run (guidance='online' or 'online_patch')")
+    gen = torch.Generator().manual_seed(seed)
+    shape = (n, model.num_patches) if boot.patch else (n,)
+    if prototype is not None:
+        if not 0 <= prototype < boot.k: raise ValueError(f"prototype must be in [0, {boot.k - 1}], got {prototype}")
+        ids = torch.full(shape, prototype)
+    elif query is not None:                                                # uint8 (C, H, W) or (1, C, H, W)
+        q = query[None] if query.ndim == 3 else query[:1]
+        if q.shape[1:] != (model.in_chans, model.img_size, model.img_size):
+            raise ValueError(f"query image has shape {tuple(q.shape[1:])}, the model takes {(model.in_chans, model.img_size, model.img_size)}")
+        ids = assign_images(boot, model, q, path, seed, progress=False).expand(shape)  # one forward pass
+    elif boot.patch:                                                       # layouts of random training images
+        if data is None: raise ValueError("patch-level conditions need data (training images) to draw layouts from")
+        images = data.images if isinstance(data, ImageDataset) else data
+        ids = assign_images(boot, model, images[torch.randint(len(images), (n,), generator=gen)], path, seed, progress=False)
+    else:
+        p = torch.ones(boot.k) if counts is None else torch.as_tensor(counts, dtype=torch.float)
+        ids = torch.multinomial(p / p.sum(), n, replacement=True, generator=gen).sort().values
+    dev = next(model.parameters()).device
+    return boot.condition(ids.to(dev)), ids

@@ -15,12 +15,13 @@ from .data import load_dataset, ImageDataset
 from .paths import get_path
 from .uvit import build_uvit, count_params, PRESETS, load_official
 from .guidance import (check_guidance, condition_slot, batch_condition, cached_features, file_key, kmeans,
-                                cluster_scores, load_encoder, encoder_features, READOUTS)
+                                cluster_scores, load_encoder, encoder_features, READOUTS, ONLINE_MODES)
+from .online import build_bootstrap, sk_views, sk_objective, sk_weight, assign, assign_images, prototype_stats
 
 # %% auto #0
 __all__ = ['TrainConfig', 'step_generator', 'StepBatchSampler', 'ema_update', 'ema_decay_at', 'lr_at', 'resolve_device',
            'autocast', 'git_revision', 'read_manifest', 'update_manifest', 'save_checkpoint', 'build_model',
-           'load_init', 'init_weights_from', 'cluster_conditions', 'train', 'load_run']
+           'backbone_state', 'load_init', 'init_weights_from', 'cluster_conditions', 'train', 'load_run']
 
 # %% ../nbs/05_train.ipynb #c005
 @dataclass
@@ -53,10 +54,24 @@ class TrainConfig:
     ckpt_every: int = 1_000        # checkpoint interval in steps (and always at the end)
     resume: bool = True            # continue from out_dir's checkpoint when there is one
     init: str | None = None        # start from this run folder's EMA weights or an official U-ViT .pth (offline: its features)
-    clusters: int = 300            # K of k-means (offline, external); the paper: 300 on ImageNet-100, 30 on LSUN
+    clusters: int = 300            # K of k-means (offline, external) or of the prototypes (online); paper: 300 on ImageNet-100
     feature_layer: int | None = None  # block whose features are clustered (None: the middle block; paper: 10 of 21)
-    feature_t: float = 0.2         # time at which the features are read (the paper's t = 0.2)
-    feature_readout: str = "patches"  # token, mean or patches (see selfguide.guidance.diffusion_features)
+    feature_t: float = 0.2         # time t_s at which the features are read (the paper's t = 0.2)
+    feature_readout: str = "patches"  # token, mean or patches (see selfguide.guidance.diffusion_features); paper online: token
+    sk_sigma: float = 0.5          # online: warm-up while step / steps < sigma (Alg. 1)
+    sk_stopgrad: bool = True       # online: the SK loss trains only the head and prototypes (Table 2: w/o stop-gradient)
+    sk_warmup_weight: bool = True  # online: SK weight min(step / (sigma steps), 1) (Table 2: w/o warmup weight)
+    sk_mask: bool = True           # online: SK loss on the batch's images with t in [0.15, 0.25]; False: all, at feature_t
+    sk_two_view: bool = False      # online: two noisings per image, each predicts the other's codes (SwAV)
+    sk_form: str = "ce"            # online: SK loss 'ce' (released code) or 'frobenius' (Eq. 11)
+    sk_temperature: float = 0.1
+    sk_epsilon: float = 0.05       # Sinkhorn entropic regularisation
+    sk_iters: int = 3              # Sinkhorn iterations (the paper's appendix: 3)
+    sk_hidden: int = 512           # hidden width of the head h_phi
+    sk_dim: int = 128              # prototype and embedding dimension
+    online_condition: str = "vector"  # online: c = m* as a vector (paper) or 'index' (a learned embedding per prototype)
+    monitor_every: int = 0         # online: prototype statistics every this many steps (0: end of warm-up and end)
+    monitor_images: int = 5_000    # online: images in each statistics pass
     encoder: str = "vit_small_patch16_224.dino"  # timm encoder for guidance="external"
     encoder_weights: str | None = None  # local weights file of the encoder
     cache_dir: str | None = None   # feature cache (default $SELFGUIDE_CACHE or ~/.cache/selfguide)
@@ -74,6 +89,9 @@ class TrainConfig:
         if self.steps < 1 or self.batch_size < 1: raise ValueError("steps and batch_size must be positive")
         if not 0 <= self.p_drop < 1: raise ValueError(f"p_drop must be in [0, 1), got {self.p_drop}")
         if self.feature_readout not in READOUTS: raise ValueError(f"feature_readout must be one of {READOUTS}")
+        if self.online_condition not in ("vector", "index"): raise ValueError(f"online_condition must be 'vector' or 'index', got {self.online_condition!r}")
+        if self.sk_form not in ("ce", "frobenius"): raise ValueError(f"sk_form must be 'ce' or 'frobenius', got {self.sk_form!r}")
+        if not 0 <= self.sk_sigma < 1: raise ValueError(f"sk_sigma must be in [0, 1), got {self.sk_sigma}")
 
 # %% ../nbs/05_train.ipynb #c008
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -97,9 +115,9 @@ class StepBatchSampler(torch.utils.data.Sampler):
 # %% ../nbs/05_train.ipynb #c011
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    "ema <- decay * ema + (1 - decay) * model, parameter by parameter"
-    e, m = list(ema.parameters()), list(model.parameters())
-    torch._foreach_lerp_(e, m, 1.0 - decay)
+    "ema <- decay * ema + (1 - decay) * model, for each parameter of `ema` (paired with `model`'s by name)"
+    own, named = dict(model.named_parameters()), list(ema.named_parameters())
+    torch._foreach_lerp_([p for _, p in named], [own[n] for n, _ in named], 1.0 - decay)
 
 def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
     "EMA decay at `step`: `decay`, warmed up as min(decay, (1 + step) / (10 + step))"
@@ -147,11 +165,20 @@ def save_checkpoint(path, **state) -> None:
     tmp = path.with_suffix(".tmp"); torch.save(state, tmp); os.replace(tmp, path)
 
 def build_model(cfg: TrainConfig, shape, num_classes: int) -> torch.nn.Module:
-    "The U-ViT for `cfg` and data of `shape` (C, H, W)"
+    "The U-ViT for `cfg` and data of `shape` (C, H, W); online runs get their `Bootstrap` as `model.bootstrap`"
     C, H, W = shape
     if H != W: raise ValueError(f"images must be square, got {H}x{W} (set image_size)")
-    return build_uvit(cfg.preset, img_size=H, in_chans=C, patch_size=cfg.patch_size, attn_backend=cfg.attn_backend,
-                      **condition_slot(cfg.guidance, num_classes))
+    online = cfg.guidance in ONLINE_MODES
+    model = build_uvit(cfg.preset, img_size=H, in_chans=C, patch_size=cfg.patch_size, attn_backend=cfg.attn_backend,
+                       use_cls_token=online and cfg.feature_readout == "token",  # the paper's [CLS] readout
+                       **condition_slot(cfg.guidance, cfg.clusters if online else num_classes, cfg.online_condition, cfg.sk_dim))
+    if online: model.bootstrap = build_bootstrap(model, cfg.guidance, cfg.clusters, cfg.feature_layer, cfg.feature_t,
+                                                 cfg.feature_readout, cfg.online_condition, cfg.sk_hidden, cfg.sk_dim)
+    return model
+
+def backbone_state(model) -> dict:
+    "The U-ViT's own tensors (without an attached `bootstrap`)"
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("bootstrap.")}
 
 # %% ../nbs/05_train.ipynb #c016
 def load_init(init, device="cpu"):
@@ -191,13 +218,20 @@ def cluster_conditions(cfg, data: ImageDataset, device, init=None) -> tuple[Imag
 # %% ../nbs/05_train.ipynb #c018
 _RESUMABLE = {"steps", "resume", "ckpt_every", "num_workers", "device", "out_dir"}  # may change across a resume
 
+def _online_stats(model, ema, data, cfg, path, device) -> dict:
+    "Prototype statistics of the EMA network over the first `monitor_images` training images"
+    idx = assign_images(model.bootstrap, ema, data, path, seed=cfg.seed, n_max=cfg.monitor_images, progress=False)
+    labels = data.labels[:len(idx)].numpy() if (data.labels >= 0).all() else None
+    return prototype_stats(idx, cfg.clusters, labels)
+
 def train(**config) -> Path:
     "Train a model as `TrainConfig(**config)` says; returns the run folder"
     cfg = TrainConfig(**config)
     out, device = Path(cfg.out_dir), resolve_device(cfg.device)
     data = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
     check_guidance(cfg.guidance, data.num_classes)
-    start, losses, ckpt_path = 0, [], out / "checkpoints" / "last.pt"
+    online = cfg.guidance in ONLINE_MODES
+    start, losses, sk_losses, monitor, ckpt_path = 0, [], [], [], out / "checkpoints" / "last.pt"
     init = load_init(cfg.init, device) if cfg.init is not None else None  # (model, cache key, path): loaded once
     clusters, num_classes = {}, data.num_classes
     if cfg.guidance in ("offline", "external"):
@@ -210,20 +244,23 @@ def train(**config) -> Path:
         fresh = init_weights_from(model, init[0].state_dict())
         print(f"initialised from {cfg.init}; fresh: {', '.join(fresh) or 'nothing'}")
     ema = copy.deepcopy(model).requires_grad_(False).eval()
+    if online: del ema.bootstrap  # m* uses the EMA backbone with the trained head and prototypes (Eq. 16)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     if ckpt_path.exists() and cfg.resume:
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        diff = {k: (v, asdict(cfg)[k]) for k, v in ck["config"].items() if k not in _RESUMABLE and asdict(cfg).get(k) != v}
+        fixed = _RESUMABLE - ({"steps"} if online else set())  # online: N sets the warm-up, so steps may not change
+        diff = {k: (v, asdict(cfg)[k]) for k, v in ck["config"].items() if k not in fixed and asdict(cfg).get(k) != v}
         if diff: raise ValueError(f"{out} holds a run with other settings {diff} (saved, now); use another out_dir or resume=False")
         model.load_state_dict(ck["model"]); ema.load_state_dict(ck["ema"]); opt.load_state_dict(ck["opt"])
-        start, losses = ck["step"], ck["losses"]
+        start, losses, sk_losses, monitor = ck["step"], ck["losses"], ck.get("sk_losses", []), ck.get("monitor", [])
         torch.set_rng_state(ck["rng"]["torch"]); np.random.set_state(ck["rng"]["numpy"]); random.setstate(ck["rng"]["python"])
 
     def checkpoint(step):
         save_checkpoint(ckpt_path, model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=step,
-                        losses=losses, config=asdict(cfg),
+                        losses=losses, sk_losses=sk_losses, monitor=monitor, config=asdict(cfg),
                         rng=dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate()))
 
+    warm_end = int(np.ceil(cfg.sk_sigma * cfg.steps)) if online else 0    # Alg. 1: warm-up while step / N < sigma
     loader = DataLoader(data, batch_sampler=StepBatchSampler(len(data), cfg.batch_size, cfg.seed, start, cfg.steps),
                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
     step_s, t_start = [], time.perf_counter()
@@ -236,40 +273,60 @@ def train(**config) -> Path:
         x0, y = x0.to(device, non_blocking=True), y.to(device, non_blocking=True)  # (B, C, H, W), (B,)
         noise = torch.randn(x0.shape, generator=g).to(device)                       # (B, C, H, W)
         t = path.sample_t(len(x0), generator=g, device=device)                      # (B,)
-        c, drop = batch_condition(cfg.guidance, y, cfg.p_drop, generator=g)
+        if not online: c, drop = batch_condition(cfg.guidance, y, cfg.p_drop, generator=g)
+        elif step < warm_end: c, drop = None, None                                  # warm-up: the zero condition
+        else:                                                                       # m* of the EMA network, or null
+            drop = (torch.rand(len(x0), generator=g) < cfg.p_drop).to(device)
+            c = model.bootstrap.condition(assign(model.bootstrap, ema, x0, path, g))
         for grp in opt.param_groups: grp["lr"] = lr_at(step, cfg.lr, cfg.warmup_steps)
         with autocast(device, cfg.amp):
             pred = model(path.x_t(x0, noise, t), t, c, drop)                        # (B, C, H, W)
+            l_sk = sk_objective(model.bootstrap, model, sk_views(x0, t, noise, path, cfg.feature_t, cfg.sk_mask, cfg.sk_two_view, g),
+                                cfg.sk_stopgrad, cfg.sk_epsilon, cfg.sk_iters, cfg.sk_temperature, cfg.sk_form) if online else None
         loss = path.loss(pred, x0, noise, t)
+        total = loss if l_sk is None else loss + sk_weight(step, cfg.steps, cfg.sk_sigma, cfg.sk_warmup_weight) * l_sk.float()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         if cfg.grad_clip > 0: torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        ema_update(ema, model, ema_decay_at(step, cfg.ema_decay, cfg.ema_warmup))
+        decay = 0.0 if step < warm_end else ema_decay_at(step - warm_end, cfg.ema_decay, cfg.ema_warmup)  # EMA opens after warm-up
+        ema_update(ema, model, decay)
         losses.append(loss.item())
-        if not np.isfinite(losses[-1]): raise FloatingPointError(f"loss is {losses[-1]} at step {step}; lower lr or enable grad_clip")
+        if online: sk_losses.append(float("nan") if l_sk is None else l_sk.item())
+        if not np.isfinite(total.item()): raise FloatingPointError(f"loss is {total.item()} at step {step}; lower lr or enable grad_clip")
         step_s.append(time.perf_counter() - t0)
-        if step % 25 == 0: bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4f}")
+        if online and (step + 1 == warm_end or (cfg.monitor_every and (step + 1) % cfg.monitor_every == 0)) and step + 1 < cfg.steps:
+            monitor.append(dict(step=step + 1, **_online_stats(model, ema, data, cfg, path, device))); model.train()
+        if step % 25 == 0: bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4f}", **({"sk": f"{np.nanmean(sk_losses[-25:]):.3f}"} if online else {}))
         if (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.steps: checkpoint(step + 1)
     bar.close()
+    if online and step_s: monitor.append(dict(step=cfg.steps, **_online_stats(model, ema, data, cfg, path, device)))
     if step_s or not ckpt_path.exists(): checkpoint(cfg.steps)
-    (out / "loss.csv").write_text("step,loss\n" + "".join(f"{i},{l:.6f}\n" for i, l in enumerate(losses)))
+    csv = "step,loss" + (",sk_loss,sk_weight\n" if online else "\n")
+    csv += "".join(f"{i},{l:.6f}" + (f",{sk_losses[i]:.6f},{sk_weight(i, cfg.steps, cfg.sk_sigma, cfg.sk_warmup_weight):.4f}\n" if online else "\n")
+                   for i, l in enumerate(losses))
+    (out / "loss.csv").write_text(csv)
     timings = dict(step_s_median=statistics.median(step_s), train_s=time.perf_counter() - t_start, steps_run=len(step_s)) if step_s else {}
+    metrics = dict(final_loss=float(np.mean(losses[-100:])), **{k: clusters[k] for k in ("nmi", "ari") if k in clusters})
+    if online and monitor:
+        last = monitor[-1]
+        metrics.update(final_sk_loss=float(np.nanmean(sk_losses[-100:])), prototypes_used=last["prototypes_used"],
+                       prototype_counts=last["counts"], **{k: last[k] for k in ("nmi", "ari") if k in last})
     update_manifest(out, params=asdict(cfg), seed=cfg.seed, git_revision=git_revision(), timings=timings,
                     environment=dict(torch=torch.__version__, device=str(device), threads=torch.get_num_threads(), python=platform.python_version()),
-                    model=dict(params=count_params(model), blocks=model.num_blocks, tokens=model.num_patches + model.extras),
-                    metrics=dict(final_loss=float(np.mean(losses[-100:])), **{k: clusters[k] for k in ("nmi", "ari") if k in clusters}),
-                    **({"clusters": clusters} if clusters else {}))
+                    model=dict(params=count_params(ema), blocks=model.num_blocks, tokens=model.num_patches + model.extras,
+                               **({"head_params": count_params(model.bootstrap)} if online else {})),
+                    metrics=metrics, **({"clusters": clusters} if clusters else {}), **({"online": dict(warmup_end=warm_end, monitor=monitor)} if online else {}))
     return out
 
 # %% ../nbs/05_train.ipynb #c020
 def load_run(run_dir, ema: bool = True, device: str = "auto"):
-    "(model, config) of the run in `run_dir`; the EMA weights unless `ema=False`"
+    "(model, config) of the run in `run_dir`; the EMA weights unless `ema=False`; online runs: with `model.bootstrap`"
     ck_path = Path(run_dir) / "checkpoints" / "last.pt"
     if not ck_path.exists(): raise FileNotFoundError(f"no checkpoint at {ck_path}: is {run_dir} a training run folder (--run)?")
     ck = torch.load(ck_path, map_location="cpu", weights_only=False)
     cfg = TrainConfig(**ck["config"])
-    sd = ck["ema" if ema else "model"]
+    sd = {**ck["ema" if ema else "model"], **{k: v for k, v in ck["model"].items() if k.startswith("bootstrap.")}}  # head, prototypes: never averaged
     num_classes = sd["label_emb.weight"].shape[0] if "label_emb.weight" in sd else 0
     C = sd["patch_embed.weight"].shape[1]
     n_tok = sd["pos_embed"].shape[1]

@@ -105,15 +105,23 @@ class UViT(nn.Module):
     @property
     def num_blocks(self): return 2 * (self.depth // 2) + 1
 
+    def embed_condition(self, c):
+        "Embedding (..., D) of integer ids (...) or float vectors (..., cond_dim)"
+        if not c.is_floating_point():
+            if self.label_emb is None: raise ValueError("integer conditions need a model built with num_classes > 0")
+            return self.label_emb(c)
+        if self.cond_proj is None: raise ValueError("vector conditions need a model built with cond_dim > 0")
+        return self.cond_proj(c)
+
+    @staticmethod
+    def per_patch(c) -> bool:
+        "Whether `c` holds one condition per patch: integer (B, N) or float (B, N, d)"
+        return c is not None and c.ndim == (2 if not c.is_floating_point() else 3)
+
     def cond_token(self, c, B: int, drop=None, dtype=torch.float32):
         "Condition token (B, D) for `c` (None, integer ids or float vectors); `drop` (B,) bool selects the null"
-        if c is None: tok = torch.zeros(B, self.embed_dim, device=self.pos_embed.device, dtype=dtype)
-        elif not c.is_floating_point():
-            if self.label_emb is None: raise ValueError("integer conditions need a model built with num_classes > 0")
-            tok = self.label_emb(c)
-        else:
-            if self.cond_proj is None: raise ValueError("vector conditions need a model built with cond_dim > 0")
-            tok = self.cond_proj(c)
+        if c is None or self.per_patch(c): tok = torch.zeros(B, self.embed_dim, device=self.pos_embed.device, dtype=dtype)
+        else: tok = self.embed_condition(c)
         if drop is not None: tok = torch.where(drop[:, None], self.null_emb.to(tok.dtype), tok)
         return tok                                                         # (B, D)
 
@@ -125,6 +133,10 @@ class UViT(nn.Module):
         time = self.time_embed(timestep_embedding(t, self.embed_dim))      # (B, D)
         if not self.cond_slot and (c is not None or drop is not None):
             raise ValueError("this model has no condition slot (an unconditional official checkpoint): pass c=None")
+        if self.per_patch(c):                                              # one condition per patch, added to it
+            if c.shape[1] != self.num_patches: raise ValueError(f"per-patch conditions need {self.num_patches} per image, got {c.shape[1]}")
+            pc = self.embed_condition(c)                                   # (B, N, D)
+            patches = patches + (pc if drop is None else pc * (~drop)[:, None, None])
         toks = [time[:, None]] + ([self.cond_token(c, B, drop)[:, None]] if self.cond_slot else [])
         if self.cls_token is not None: toks.append(self.cls_token.expand(B, -1, -1))
         return torch.cat(toks + [patches], dim=1) + self.pos_embed         # (B, extras + N, D)

@@ -23,3 +23,13 @@ def test_unknown_paper_scale_dataset_fails_clearly(tmp_path):
     r = run_papermill(str(tmp_path / "out.ipynb"), "-p", "dataset", "lsun", "-p", "out_dir", str(tmp_path / "run"))
     assert r.returncode != 0
     assert "'lsun' (LSUN-Churches (LMDB)) has no loader yet" in r.stderr + r.stdout
+
+@pytest.mark.parametrize("guidance", ["online", "online_patch"])
+def test_online_guidance_writes_prototype_figures(tmp_path, guidance):
+    out = tmp_path / "run"
+    r = run_papermill("-p", "guidance", guidance, "-p", "steps", "4", "-p", "batch_size", "16", "-p", "n_samples", "10",
+                      "-p", "n_eval", "12", "-p", "solver", "euler", "-p", "sample_steps", "2", "-p", "monitor_every", "2", "-p", "out_dir", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    for f in ("samples.png", "prototypes.png", "queries.png", "prototypes_hist.png"): assert (out / f).exists(), f
+    m = json.loads((out / "manifest.json").read_text())
+    assert [x["step"] for x in m["online"]["monitor"]] == [2, 4] and 0 < m["metrics"]["prototypes_used"] <= 1
