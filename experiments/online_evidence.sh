@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The runs behind issue 5's evidence (online bootstrapping at CPU scale). Two runs at a time, one thread each:
 #   experiments/online_evidence.sh [train|evaluate]
-# Run folders go to outputs/online/<name>/ (checkpoints are not committed); evaluate adds the offline metric
+# Run folders go to outputs/online/<name>/ (a finished run is skipped: its checkpoint is resumed at its last step) (checkpoints are not committed); evaluate adds the offline metric
 # (fd_cls, precision, recall, cls_score: a small classifier's features, not FID) to each manifest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +22,7 @@ digits_none_s2|--dataset digits --patch-size 4 $BASE --guidance none --seed 2
 digits_online_paper_s0|--dataset digits --patch-size 4 $BASE $PAPER --seed 0
 fashion_none_s0|--dataset fashion_mnist --patch-size 7 $BASE --guidance none --seed 0
 fashion_online_s0|--dataset fashion_mnist --patch-size 7 $BASE $SMALL --seed 0
+digits_online_sigma0.25_s0|--dataset digits --patch-size 4 $BASE $SMALL --sk-sigma 0.25 --seed 0
 digits_online_index_s0|--dataset digits --patch-size 4 $BASE $SMALL --online-condition index --seed 0
 digits_online_patch_s0|--dataset digits --patch-size 4 $BASE --guidance online_patch --feature-readout patches --no-sk-mask --feature-t 0.05 --seed 0
 study_token_mask_t0.2|--dataset digits --patch-size 4 $STUDY --guidance online --feature-readout token --sk-mask --feature-t 0.2
