@@ -27,8 +27,8 @@ def test_manifest(tmp_path):
 def test_bad_input_fails_clearly(tmp_path):
     with pytest.raises(ValueError, match="known datasets"): train(dataset="cifar", out_dir=str(tmp_path))
     with pytest.raises(NotImplementedError, match="no loader yet"): train(dataset="lsun", out_dir=str(tmp_path))
-    with pytest.raises(NotImplementedError, match="not implemented yet"):
-        train(**dict(SMALL, guidance="online"), steps=1, out_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="known modes"):
+        train(**dict(SMALL, guidance="bootstrap"), steps=1, out_dir=str(tmp_path))
     with pytest.raises(ValueError, match="larger than the dataset"):
         train(**dict(SMALL, batch_size=5000), steps=1, out_dir=str(tmp_path / "b"))
     train(**SMALL, steps=1, out_dir=str(tmp_path / "c"))
