@@ -150,7 +150,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                 'selfguide/train.py'),
                                  'selfguide.train._online_stats': ('train.html#_online_stats', 'selfguide/train.py'),
                                  'selfguide.train.autocast': ('train.html#autocast', 'selfguide/train.py'),
-                                 'selfguide.train.backbone_state': ('train.html#backbone_state', 'selfguide/train.py'),
                                  'selfguide.train.build_model': ('train.html#build_model', 'selfguide/train.py'),
                                  'selfguide.train.cluster_conditions': ('train.html#cluster_conditions', 'selfguide/train.py'),
                                  'selfguide.train.ema_decay_at': ('train.html#ema_decay_at', 'selfguide/train.py'),

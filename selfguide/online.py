@@ -4,6 +4,7 @@
 
 # %% ../nbs/04a_online.ipynb #c002
 from __future__ import annotations
+import warnings
 import numpy as np
 import torch
 import torch.nn as nn
@@ -119,6 +120,5 @@ def prototype_stats(idx: torch.Tensor, k: int, labels=None) -> dict:
     if labels is not None and idx.ndim == 1 and (np.asarray(labels) >= 0).all():
         out.update(cluster_scores(idx.numpy(), np.asarray(labels)[:len(idx)]))
     if out["prototypes_used"] < 0.5:
-        import warnings
         warnings.warn(f"only {counts.astype(bool).sum()} of {k} prototypes receive any image: the assignments have collapsed")
     return out

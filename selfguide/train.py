@@ -21,7 +21,7 @@ from .online import build_bootstrap, sk_views, sk_objective, sk_weight, assign, 
 # %% auto #0
 __all__ = ['TrainConfig', 'step_generator', 'StepBatchSampler', 'ema_update', 'ema_decay_at', 'lr_at', 'resolve_device',
            'autocast', 'git_revision', 'read_manifest', 'update_manifest', 'save_checkpoint', 'build_model',
-           'backbone_state', 'load_init', 'init_weights_from', 'cluster_conditions', 'train', 'load_run']
+           'load_init', 'init_weights_from', 'cluster_conditions', 'train', 'load_run']
 
 # %% ../nbs/05_train.ipynb #c005
 @dataclass
@@ -176,10 +176,6 @@ def build_model(cfg: TrainConfig, shape, num_classes: int) -> torch.nn.Module:
                                                  cfg.feature_readout, cfg.online_condition, cfg.sk_hidden, cfg.sk_dim)
     return model
 
-def backbone_state(model) -> dict:
-    "The U-ViT's own tensors (without an attached `bootstrap`)"
-    return {k: v for k, v in model.state_dict().items() if not k.startswith("bootstrap.")}
-
 # %% ../nbs/05_train.ipynb #c016
 def load_init(init, device="cpu"):
     "(model, cache key, path name) of `init`: a run folder (EMA weights) or an official U-ViT .pth"
@@ -218,7 +214,7 @@ def cluster_conditions(cfg, data: ImageDataset, device, init=None) -> tuple[Imag
 # %% ../nbs/05_train.ipynb #c018
 _RESUMABLE = {"steps", "resume", "ckpt_every", "num_workers", "device", "out_dir"}  # may change across a resume
 
-def _online_stats(model, ema, data, cfg, path, device) -> dict:
+def _online_stats(model, ema, data, cfg, path) -> dict:
     "Prototype statistics of the EMA network over the first `monitor_images` training images"
     idx = assign_images(model.bootstrap, ema, data, path, seed=cfg.seed, n_max=cfg.monitor_images, progress=False)
     labels = data.labels[:len(idx)].numpy() if (data.labels >= 0).all() else None
@@ -296,11 +292,11 @@ def train(**config) -> Path:
         if not np.isfinite(total.item()): raise FloatingPointError(f"loss is {total.item()} at step {step}; lower lr or enable grad_clip")
         step_s.append(time.perf_counter() - t0)
         if online and (step + 1 == warm_end or (cfg.monitor_every and (step + 1) % cfg.monitor_every == 0)) and step + 1 < cfg.steps:
-            monitor.append(dict(step=step + 1, **_online_stats(model, ema, data, cfg, path, device))); model.train()
+            monitor.append(dict(step=step + 1, **_online_stats(model, ema, data, cfg, path))); model.train()
         if step % 25 == 0: bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4f}", **({"sk": f"{np.nanmean(sk_losses[-25:]):.3f}"} if online else {}))
         if (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.steps: checkpoint(step + 1)
     bar.close()
-    if online and step_s: monitor.append(dict(step=cfg.steps, **_online_stats(model, ema, data, cfg, path, device)))
+    if online and step_s: monitor.append(dict(step=cfg.steps, **_online_stats(model, ema, data, cfg, path)))
     if step_s or not ckpt_path.exists(): checkpoint(cfg.steps)
     csv = "step,loss" + (",sk_loss,sk_weight\n" if online else "\n")
     csv += "".join(f"{i},{l:.6f}" + (f",{sk_losses[i]:.6f},{sk_weight(i, cfg.steps, cfg.sk_sigma, cfg.sk_warmup_weight):.4f}\n" if online else "\n")
