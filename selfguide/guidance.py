@@ -16,7 +16,7 @@ from .paths import get_path
 # %% auto #0
 __all__ = ['GUIDANCE_MODES', 'PLANNED_MODES', 'LABELLED_MODES', 'ONLINE_MODES', 'READOUTS', 'check_guidance', 'condition_slot',
            'batch_condition', 'sample_conditions', 'diffusion_features', 'cached_features', 'file_key', 'kmeans',
-           'cluster_scores', 'load_encoder', 'encoder_features']
+           'cluster_scores', 'assignment_stats', 'load_encoder', 'encoder_features']
 
 # %% ../nbs/04_guidance.ipynb #c005
 GUIDANCE_MODES = ("none", "class", "offline", "external", "online", "online_patch")
@@ -110,6 +110,14 @@ def cluster_scores(assign, labels) -> dict:
     a, y = np.asarray(assign), np.asarray(labels)
     a, y = a[y >= 0], y[y >= 0]
     return dict(nmi=float(normalized_mutual_info_score(y, a)), ari=float(adjusted_rand_score(y, a)))
+
+def assignment_stats(assign, num_clusters: int | None = None) -> dict:
+    "Histogram statistics of an assignment (N,) to `num_clusters`: counts, entropy, normalised entropy, used fraction, largest share"
+    counts = np.bincount(np.asarray(assign), minlength=num_clusters or 0)  # (K,)
+    p = counts / counts.sum(); nz = p[p > 0]
+    h = float(-(nz * np.log(nz)).sum())
+    return dict(counts=counts.tolist(), entropy=h, entropy_norm=h / float(np.log(len(counts))) if len(counts) > 1 else 0.0,
+                used=float((counts > 0).mean()), largest=float(p.max()))
 
 # %% ../nbs/04_guidance.ipynb #c017
 def load_encoder(name: str, weights, device="cpu"):

@@ -18,7 +18,7 @@ from .train import resolve_device
 __all__ = ['INCEPTION_ENV', 'as_images', 'feature_stats', 'frechet_distance', 'knn_radii', 'precision_recall', 'classifier_score',
            'FeatureClassifier', 'embed', 'train_classifier', 'train_test', 'load_classifier', 'classifier_metrics',
            'check_inception', 'clean_resize', 'InceptionFeatures', 'inception_features', 'inception_reference',
-           'inception_metrics', 'assignment_stats', 'evaluate_samples']
+           'inception_metrics', 'evaluate_samples']
 
 # %% ../nbs/07_metrics.ipynb #c005
 def as_images(x) -> torch.Tensor:
@@ -223,15 +223,7 @@ def inception_metrics(extractor, images, ref: dict, progress: bool = True) -> di
             "is": isc["inception_score_mean"], "is_std": isc["inception_score_std"]}
 
 # %% ../nbs/07_metrics.ipynb #c035
-from .guidance import cluster_scores  # noqa: F401  NMI and ARI; defined with the clusters it scores (the trainer needs it too)
-
-def assignment_stats(assign, num_clusters: int | None = None) -> dict:
-    "Histogram statistics of an assignment (N,) to `num_clusters`: counts, entropy, normalised entropy, used fraction, largest share"
-    counts = np.bincount(np.asarray(assign), minlength=num_clusters or 0)  # (K,)
-    p = counts / counts.sum(); nz = p[p > 0]
-    h = float(-(nz * np.log(nz)).sum())
-    return dict(counts=counts.tolist(), entropy=h, entropy_norm=h / math.log(len(counts)) if len(counts) > 1 else 0.0,
-                used=float((counts > 0).mean()), largest=float(p.max()))
+from .guidance import cluster_scores, assignment_stats  # noqa: F401  defined with the clusters they score (the trainer and online guidance need them too)
 
 # %% ../nbs/07_metrics.ipynb #c038
 def evaluate_samples(images, dataset: str, data_root=None, inception=None, cache_dir=None, k: int = 5, seed: int = 0,

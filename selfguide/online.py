@@ -12,7 +12,7 @@ from tqdm import tqdm
 from .data import ImageDataset, to_float
 from .paths import get_path
 from .sinkhorn import sinkhorn, sk_loss, Prototypes, ProjectionHead
-from .guidance import READOUTS, ONLINE_MODES, cluster_scores
+from .guidance import READOUTS, ONLINE_MODES, cluster_scores, assignment_stats
 
 # %% auto #0
 __all__ = ['SK_MASK', 'Bootstrap', 'build_bootstrap', 'sk_views', 'sk_objective', 'sk_weight', 'assign', 'assign_images',
@@ -112,13 +112,10 @@ def assign_images(boot: Bootstrap, model, data, path="cv", seed: int = 0, n_max:
 # %% ../nbs/04a_online.ipynb #c020
 def prototype_stats(idx: torch.Tensor, k: int, labels=None) -> dict:
     "Histogram, fraction of prototypes used, normalised entropy and (image-level, labelled data) NMI/ARI of ids `idx`"
-    counts = np.bincount(idx.flatten().numpy(), minlength=k)
-    p = counts / counts.sum()
-    ent = float(-(p[p > 0] * np.log(p[p > 0])).sum() / np.log(k)) if k > 1 else 1.0
-    out = dict(counts=counts.tolist(), prototypes_used=float((counts > 0).mean()), entropy=ent,
-               largest_share=float(p.max()), n_images=len(idx))
+    s = assignment_stats(idx.flatten().numpy(), k)
+    out = dict(counts=s["counts"], prototypes_used=s["used"], entropy=s["entropy_norm"], largest_share=s["largest"], n_images=len(idx))
     if labels is not None and idx.ndim == 1 and (np.asarray(labels) >= 0).all():
         out.update(cluster_scores(idx.numpy(), np.asarray(labels)[:len(idx)]))
     if out["prototypes_used"] < 0.5:
-        warnings.warn(f"only {counts.astype(bool).sum()} of {k} prototypes receive any image: the assignments have collapsed")
+        warnings.warn(f"only {round(s['used'] * k)} of {k} prototypes receive any image: the assignments have collapsed")
     return out
