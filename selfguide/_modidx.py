@@ -78,6 +78,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'selfguide.online.assign_images': ('online.html#assign_images', 'selfguide/online.py'),
                                   'selfguide.online.build_bootstrap': ('online.html#build_bootstrap', 'selfguide/online.py'),
                                   'selfguide.online.prototype_stats': ('online.html#prototype_stats', 'selfguide/online.py'),
+                                  'selfguide.online.sk_codes': ('online.html#sk_codes', 'selfguide/online.py'),
                                   'selfguide.online.sk_objective': ('online.html#sk_objective', 'selfguide/online.py'),
                                   'selfguide.online.sk_views': ('online.html#sk_views', 'selfguide/online.py'),
                                   'selfguide.online.sk_weight': ('online.html#sk_weight', 'selfguide/online.py')},

@@ -15,8 +15,8 @@ from .sinkhorn import sinkhorn, sk_loss, Prototypes, ProjectionHead
 from .guidance import READOUTS, ONLINE_MODES, cluster_scores, assignment_stats
 
 # %% auto #0
-__all__ = ['SK_MASK', 'Bootstrap', 'build_bootstrap', 'sk_views', 'sk_objective', 'sk_weight', 'assign', 'assign_images',
-           'prototype_stats']
+__all__ = ['MAX_HEAD_PARAMS', 'SK_MASK', 'SINKHORN_ROWS', 'Bootstrap', 'build_bootstrap', 'sk_views', 'sk_codes', 'sk_objective',
+           'sk_weight', 'assign', 'assign_images', 'prototype_stats']
 
 # %% ../nbs/04a_online.ipynb #c006
 class Bootstrap(nn.Module):
@@ -41,6 +41,8 @@ class Bootstrap(nn.Module):
         "The condition for prototype ids `idx` (B,) or (B, N): the ids, or the (detached) prototype vectors"
         return idx if self.kind == "index" else self.protos().detach()[idx]  # (B[, N]) or (B[, N], dim)
 
+MAX_HEAD_PARAMS = 16_000_000  # weights of the head's first Linear above which the 'patches' readout is refused
+
 def build_bootstrap(model, guidance: str, k: int, layer: int | None = None, t_s: float = 0.2, readout: str = "token",
                     kind: str = "vector", hidden: int = 512, dim: int = 128) -> Bootstrap:
     "A `Bootstrap` sized for `model`'s features (layer None: the middle block)"
@@ -49,37 +51,55 @@ def build_bootstrap(model, guidance: str, k: int, layer: int | None = None, t_s:
     if not 0 <= layer < model.num_blocks: raise ValueError(f"feature_layer must be in [0, {model.num_blocks - 1}], got {layer}")
     patch = guidance == "online_patch"
     in_dim = model.embed_dim * (model.num_patches if readout == "patches" and not patch else 1)
+    if readout == "patches" and not patch and in_dim * hidden > MAX_HEAD_PARAMS:
+        raise ValueError(f"--feature-readout 'patches' concatenates {model.num_patches} tokens x {model.embed_dim} "
+                         f"channels: the head's first Linear would have {in_dim * hidden / 1e6:.0f}M weights (limit "
+                         f"{MAX_HEAD_PARAMS / 1e6:.0f}M); use --feature-readout token (the paper's) or mean")
     return Bootstrap(in_dim, k, layer, t_s, readout, patch, kind, hidden, dim)
 
 # %% ../nbs/04a_online.ipynb #c009
 SK_MASK = (0.15, 0.25)  # the paper's timestep window for the SK loss
+SINKHORN_ROWS = ("batch", "masked")  # with the mask: Sinkhorn on the whole batch (released code) or on the masked rows
 
-def sk_views(x0, t, noise, path, t_s: float = 0.2, mask: bool = True, two_view: bool = False, generator=None):
-    "[(x_t, t), ...] for the SK loss: one view, or two independent noisings of the same images"
-    path = get_path(path) if isinstance(path, str) else path
+def sk_views(x0, t, noise, path, t_s: float = 0.2, mask: bool = True, two_view: bool = False, generator=None,
+             sinkhorn_rows: str = "batch"):
+    "[(x_t, t, keep), ...] for the SK loss: one or two noisings of the same images; `keep` (B,) marks the loss rows"
+    if sinkhorn_rows not in SINKHORN_ROWS:
+        raise ValueError(f"sinkhorn_rows must be one of {SINKHORN_ROWS}, got {sinkhorn_rows!r}")
+    path, keep = get_path(path) if isinstance(path, str) else path, None
     if mask:
         keep = (t >= SK_MASK[0]) & (t <= SK_MASK[1])                       # (B,)
-        x0, t, first = x0[keep], t[keep], noise[keep]
+        first = noise                                                      # the training x_t: same x0, noise and t
+        if sinkhorn_rows == "masked": x0, t, first, keep = x0[keep], t[keep], noise[keep], None
     else:
         t, first = torch.full_like(t, t_s), torch.randn(x0.shape, generator=generator).to(x0.device)
-    views = [(path.x_t(x0, first, t), t)]
-    if two_view: views.append((path.x_t(x0, torch.randn(x0.shape, generator=generator).to(x0.device), t), t))
-    return views                                                           # [((b, C, H, W), (b,)), ...]
+    views = [(path.x_t(x0, first, t), t, keep)]
+    if two_view: views.append((path.x_t(x0, torch.randn(x0.shape, generator=generator).to(x0.device), t), t, keep))
+    return views                                                           # [((b, C, H, W), (b,), (b,) or None), ...]
 
 # %% ../nbs/04a_online.ipynb #c012
-def sk_objective(boot: Bootstrap, model, views, stopgrad: bool = True, epsilon: float = 0.05, n_iters: int = 3,
-                 temperature: float = 0.1, form: str = "ce"):
-    "The SK loss of `views` ([(x_t, t), ...] from `sk_views`), or None when a view has fewer than 2 rows"
-    if min(len(t) for _, t in views) < 2: return None
-    zs = []
-    for x, t in views:
+def sk_codes(boot: Bootstrap, model, views, stopgrad: bool = True, epsilon: float = 0.05, n_iters: int = 3) -> list:
+    "[(z (R, dim), codes (R, K), keep (R,) or None), ...] per view: Sinkhorn over all R rows of the view"
+    out, protos = [], boot.protos().detach()                               # (K, dim)
+    for x, t, keep in views:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not stopgrad):
             f = boot.feature(model, x, t)                                  # (R, F)
-        zs.append(boot.head(f.detach() if stopgrad else f))                # (R, dim)
+        z = boot.head(f.detach() if stopgrad else f)                       # (R, dim)
+        if keep is not None: keep = keep.repeat_interleave(len(z) // len(keep))  # per patch: (B * N,), image-major
+        out.append((z, sinkhorn(z.detach() @ protos.T, n_iters, epsilon), keep))
+    return out
+
+def sk_objective(boot: Bootstrap, model, views, stopgrad: bool = True, epsilon: float = 0.05, n_iters: int = 3,
+                 temperature: float = 0.1, form: str = "ce"):
+    "SK loss of `views` (from `sk_views`): loss rows summed over all rows, as released; None when a view has < 2 rows"
+    if min(len(t) for _, t, _ in views) < 2: return None
     protos = boot.protos()                                                 # (K, dim)
-    codes = [sinkhorn(z.detach() @ protos.detach().T, n_iters, epsilon) for z in zs]  # (R, K) each
-    if len(zs) == 1: return sk_loss(zs[0], protos, codes[0], temperature, form)
-    return (sk_loss(zs[0], protos, codes[1], temperature, form) + sk_loss(zs[1], protos, codes[0], temperature, form)) / 2
+    def loss(z, codes, keep):                                              # sum over kept rows / all rows
+        return sk_loss(z, protos, codes if keep is None else codes * keep[:, None], temperature, form)
+    (z0, q0, k0), *rest = sk_codes(boot, model, views, stopgrad, epsilon, n_iters)
+    if not rest: return loss(z0, q0, k0)
+    (z1, q1, _), = rest
+    return (loss(z0, q1, k0) + loss(z1, q0, k0)) / 2
 
 def sk_weight(step: int, steps: int, sigma: float = 0.5, warmup_weight: bool = True) -> float:
     "Weight of the SK loss at `step` of `steps`: min(step / (sigma N), 1), or 1 without the warm-up weight"

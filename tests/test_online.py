@@ -76,3 +76,150 @@ def test_online_run_cannot_change_its_length_on_resume(run):
 def test_bad_online_options_are_refused():
     with pytest.raises(ValueError, match="online_condition"): TrainConfig(online_condition="onehot")
     with pytest.raises(ValueError, match="sk_sigma"): TrainConfig(sk_sigma=1.0)
+
+# --- the SK loss with the timestep mask: Sinkhorn on the whole batch (released code) or on the masked rows ---
+import torch.nn as nn, torch.nn.functional as F
+from selfguide.uvit import build_uvit
+from selfguide.paths import get_path
+from selfguide.sinkhorn import sinkhorn, sk_loss
+from selfguide.online import build_bootstrap, sk_views, sk_codes, sk_objective, MAX_HEAD_PARAMS
+
+def tiny(patch=False, k=5, seed=0):
+    torch.manual_seed(seed)
+    net = build_uvit("tiny", img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=2, cond_dim=16)
+    return net, build_bootstrap(net, "online_patch" if patch else "online", k=k, readout="mean", hidden=32, dim=16)
+
+def batch(n=64):
+    return torch.randn(n, 1, 16, 16), torch.rand(n) * 0.5, torch.randn(n, 1, 16, 16)  # x0, t (~20% masked), noise
+
+def former_sk_loss(boot, model, x0, t, noise, two_view, generator, form):
+    "The implementation before sinkhorn_rows existed: views of the masked rows only, mean over them"
+    keep = (t >= 0.15) & (t <= 0.25)
+    x0, t, first, cv = x0[keep], t[keep], noise[keep], get_path("cv")
+    xs = [cv.x_t(x0, first, t)] + ([cv.x_t(x0, torch.randn(x0.shape, generator=generator), t)] if two_view else [])
+    with torch.no_grad(): fs = [boot.feature(model, x, t) for x in xs]
+    zs, protos = [boot.head(f) for f in fs], boot.protos()
+    codes = [sinkhorn(z.detach() @ protos.detach().T) for z in zs]
+    if len(zs) == 1: return sk_loss(zs[0], protos, codes[0], 0.1, form)
+    return (sk_loss(zs[0], protos, codes[1], 0.1, form) + sk_loss(zs[1], protos, codes[0], 0.1, form)) / 2
+
+# sk_objective with the mask before sinkhorn_rows (commit 802bc34), same seeds: (loss, sum |grad| of head.net[0])
+FORMER = {(False, False, "ce"): (1.3531086444854736, 92.13919067382812),
+          (False, False, "frobenius"): (-0.2400534451007843, 11.818181037902832),
+          (False, True, "ce"): (1.4417113065719604, 84.23811340332031),
+          (False, True, "frobenius"): (-0.23116686940193176, 10.989961624145508),
+          (True, False, "ce"): (1.2008951902389526, 30.57938575744629),
+          (True, False, "frobenius"): (-0.2670100927352905, 4.893101215362549),
+          (True, True, "ce"): (1.3567516803741455, 30.5460262298584),
+          (True, True, "frobenius"): (-0.24970053136348724, 4.542791366577148)}
+
+@pytest.mark.parametrize("patch,two_view,form", list(FORMER))
+def test_masked_rows_reproduce_the_former_sk_loss(patch, two_view, form):
+    net, boot = tiny(patch)
+    x0, t, noise = batch()
+    gen = torch.Generator().manual_seed(3)
+    views = sk_views(x0, t, noise, "cv", two_view=two_view, generator=gen, sinkhorn_rows="masked")
+    loss = sk_objective(boot, net, views, form=form)
+    loss.backward()
+    got = (loss.item(), boot.head.net[0].weight.grad.abs().sum().item())
+    assert got == pytest.approx(FORMER[patch, two_view, form], rel=1e-5)  # the numbers saved before the change
+    net2, boot2 = tiny(patch)
+    old = former_sk_loss(boot2, net2, x0, t, noise, two_view, torch.Generator().manual_seed(3), form)
+    assert torch.equal(loss, old)                                        # and bit for bit the former code
+
+@pytest.mark.parametrize("patch", [False, True])
+def test_batch_rows_sinkhorn_on_all_rows_loss_on_masked_rows(patch):
+    net, boot = tiny(patch)
+    x0, t, noise = batch()
+    keep = (t >= 0.15) & (t <= 0.25)
+    views = sk_views(x0, t, noise, "cv")
+    (xv, tv, kv), = views
+    assert torch.equal(tv, t) and torch.equal(kv, keep) and torch.allclose(xv, get_path("cv").x_t(x0, noise, t))
+    (z, q, krows), = sk_codes(boot, net, views, n_iters=50)
+    rows = 64 * (16 if patch else 1)
+    assert q.shape == (rows, 5) and torch.allclose(q.sum(0), torch.full((5,), rows / 5), rtol=1e-3)  # all rows
+    assert torch.allclose(q.sum(1), torch.ones(rows), atol=1e-5)
+    assert torch.equal(krows, keep.repeat_interleave(rows // 64))
+    (z, q, krows), = sk_codes(boot, net, views)                          # the default 3 iterations
+    ce = -(q * F.log_softmax(boot.scores(z) / 0.1, 1)).sum(1)            # (R,)
+    loss = sk_objective(boot, net, views)
+    assert torch.allclose(loss, ce[krows].sum() / rows, atol=1e-6)       # released: (loss * mask).mean()
+    two = sk_objective(boot, net, sk_views(x0, t, noise, "cv", two_view=True, generator=torch.Generator()))
+    assert two is not None and two.requires_grad
+
+def test_batch_rows_without_masked_rows_give_a_zero_loss_that_reaches_the_head():
+    net, boot = tiny()
+    x0, _, noise = batch()
+    t = torch.full((64,), 0.6)                                           # no image in [0.15, 0.25]
+    assert sk_objective(boot, net, sk_views(x0, t, noise, "cv", sinkhorn_rows="masked")) is None
+    loss = sk_objective(boot, net, sk_views(x0, t, noise, "cv"))
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()                                                      # every rank's head joins the all-reduce
+    assert boot.head.net[0].weight.grad is not None and boot.protos.weight.grad.abs().sum() == 0
+    assert sk_objective(boot, net, sk_views(x0[:1], t[:1], noise[:1], "cv")) is None  # one row: no Sinkhorn problem
+
+def test_batch_rows_keep_the_stop_gradient():
+    net, boot = tiny()
+    x0, t, noise = batch()
+    sk_objective(boot, net, sk_views(x0, t, noise, "cv")).backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in net.parameters())
+    assert boot.head.net[0].weight.grad.abs().sum() > 0 and boot.protos.weight.grad.abs().sum() > 0
+    sk_objective(boot, net, sk_views(x0, t, noise, "cv"), stopgrad=False).backward()
+    assert sum(p.grad.abs().sum() for p in net.parameters() if p.grad is not None) > 0  # without it, it does
+
+class Carrier(nn.Module):  # its feature of an image (d, 1, 1) is the image itself
+    num_blocks, embed_dim, num_patches = 3, 128, 1
+    def features(self, x, t, layer, c=None, drop=None): return dict(token=x.flatten(1))
+
+class Normalize(nn.Module):
+    def forward(self, f): return F.normalize(f, dim=1)
+
+def test_batch_rows_give_confident_codes_where_masked_rows_are_capped_at_b_over_k():
+    torch.manual_seed(0)
+    n, k = 512, 300                                                      # the paper's batch and ImageNet-100's K
+    M, t = F.normalize(torch.randn(k, 128), dim=1), torch.rand(n)
+    z = M[torch.randint(k, (n,))] + torch.randn(n, 128) / 128 ** 0.5     # a head that has found clusters
+    boot = build_bootstrap(Carrier(), "online", k=k, readout="token", dim=128)
+    boot.head, boot.protos.weight.data = Normalize(), M
+    x = z[..., None, None]                                               # zero noise: x_t = (1 - t) z, normalised z
+    top = {}
+    for rows in ("batch", "masked"):
+        (_, q, keep), = sk_codes(boot, Carrier(), sk_views(x, t, torch.zeros_like(x), "cv", sinkhorn_rows=rows))
+        top[rows] = (q if keep is None else q[keep]).max(1).values.mean().item()
+    b = int(((t >= 0.15) & (t <= 0.25)).sum())
+    assert top["masked"] <= b / k + 1e-3 and top["batch"] > 0.6 and top["batch"] > 4 * top["masked"]
+
+def test_sinkhorn_rows_is_checked():
+    with pytest.raises(ValueError, match="sinkhorn_rows"): sk_views(*batch(4), "cv", sinkhorn_rows="all")
+
+class Sizes:  # only what build_bootstrap reads
+    def __init__(self, n, d): self.num_blocks, self.num_patches, self.embed_dim = 21, n, d
+
+def test_head_size_guard_refuses_all_patch_tokens_at_paper_scale():
+    for n, d in ((16, 128), (49, 128)):                                  # digits, Fashion-MNIST: 1M, 3.2M weights
+        assert build_bootstrap(Sizes(n, d), "online", k=10, readout="patches").head.net[0].in_features == n * d
+    with pytest.raises(ValueError, match=r"--feature-readout token .* or mean") as e:
+        build_bootstrap(Sizes(256, 1024), "online", k=300, readout="patches")  # 134M weights
+    assert "134M" in str(e.value) and "\n" not in str(e.value) and 256 * 1024 * 512 > MAX_HEAD_PARAMS
+    assert build_bootstrap(Sizes(256, 1024), "online", k=300, readout="token").head.net[0].in_features == 1024
+    assert build_bootstrap(Sizes(256, 1024), "online_patch", k=300, readout="patches").patch  # per patch: 1024 wide
+
+def _rank(rank, init_file, out_file):
+    import datetime, torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))
+    net, boot = tiny()
+    x0, t, noise = batch(32)
+    if rank == 1: t = torch.full((32,), 0.6)                             # this process has no masked image
+    views = sk_views(x0, t, noise, "cv")
+    (_, q, _), = sk_codes(boot, net, views, n_iters=50)                  # Sinkhorn all-reduces across both processes
+    loss = sk_objective(boot, net, views)
+    torch.save(dict(colsum=q.sum(0), loss=loss.item(), grad=loss.requires_grad), f"{out_file}.{rank}")
+    dist.destroy_process_group()
+
+def test_batch_rows_join_sinkhorn_on_every_process(tmp_path):
+    import torch.multiprocessing as mp
+    mp.spawn(_rank, args=(str(tmp_path / "init"), str(tmp_path / "out")), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"out.{r}") for r in range(2))
+    assert torch.allclose(r0["colsum"] + r1["colsum"], torch.full((5,), 64 / 5), rtol=1e-3)  # one problem of 64 rows
+    assert r0["loss"] > 0 and r1["loss"] == 0.0 and r1["grad"]
