@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_data.ipynb #c002
 from __future__ import annotations
-import gzip, os, struct
+import gzip, hashlib, os, struct
 from pathlib import Path
 import numpy as np
 import torch
@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 # %% auto #0
-__all__ = ['DIGITS_TEST', 'FASHION_MNIST_ROOT', 'IMAGE_SUFFIXES', 'DATASETS', 'PLANNED', 'to_float', 'to_uint8', 'ImageDataset',
-           'resize_uint8', 'load_digits', 'read_idx', 'load_fashion_mnist', 'load_npz', 'load_folder', 'load_image',
-           'load_latents', 'load_dataset', 'cache_root']
+__all__ = ['DIGITS_TEST', 'FASHION_MNIST_ROOT', 'IMAGE_SUFFIXES', 'DATASETS', 'DATASET_ALIASES', 'to_float', 'to_uint8',
+           'ImageDataset', 'resize_uint8', 'load_digits', 'read_idx', 'load_fashion_mnist', 'load_npz', 'load_folder',
+           'load_image', 'load_latents', 'load_dataset', 'cache_root']
 
 # %% ../nbs/00_data.ipynb #c005
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -39,6 +39,11 @@ class ImageDataset(Dataset):
     def shape(self): return tuple(self.images.shape[1:])  # (C, H, W)
     @property
     def num_classes(self): return int(self.labels.max()) + 1 if (self.labels >= 0).any() else 0
+    def identity(self) -> str:
+        "12-hex hash of the images' bytes, labels and shape: the key of derived caches, as `ImageFiles.identity`"
+        h = hashlib.sha1(f"{tuple(self.images.shape)}|{self.images.dtype}".encode())
+        h.update(self.images.contiguous().flatten().view(torch.uint8).numpy()); h.update(self.labels.numpy().tobytes())
+        return h.hexdigest()[:12]
     def __repr__(self): return f"ImageDataset({self.name!r}, n={len(self)}, shape={self.shape}, classes={self.num_classes})"
 
 # %% ../nbs/00_data.ipynb #c008
@@ -163,15 +168,23 @@ DATASETS = {
     "folder": lambda split, data_root, image_size: load_folder(data_root, image_size),
     "latents": lambda split, data_root, image_size: load_latents(data_root),
 }
-PLANNED = {"lsun": "LSUN-Churches (LMDB)", "imagenet": "ImageNet 256 via the SD-VAE; pre-encoded latents load as 'latents'",
-           "imagenet100": "ImageNet-100 via the SD-VAE; pre-encoded latents load as 'latents'"}
 
-def load_dataset(name: str, data_root=None, image_size: int | None = None, split: str = "train") -> ImageDataset:
-    "Load dataset `name` (one of `DATASETS`) as an `ImageDataset`"
-    if name in PLANNED:
-        raise NotImplementedError(f"dataset {name!r} ({PLANNED[name]}) has no loader yet (see ROADMAP: paper scale); "
-                                  f"available now: {', '.join(DATASETS)}")
-    if name not in DATASETS: raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+def _files(loader: str):
+    "A registry entry that imports `selfguide.files` on first use (files imports data, so data cannot import files)"
+    def load(split, data_root, image_size):
+        from selfguide import files  # lazy on purpose: a module-level import would be circular
+        return getattr(files, loader)(data_root, image_size or 256)
+    return load
+
+DATASETS |= {"lsun_churches": _files("load_lsun"), "imagenet": _files("load_imagenet"),
+             "imagenet100": _files("load_imagenet100")}
+DATASET_ALIASES = {"lsun": "lsun_churches"}  # the name users type
+
+def load_dataset(name: str, data_root=None, image_size: int | None = None, split: str = "train"):
+    "Load dataset `name` (in `DATASETS` or `DATASET_ALIASES`): an `ImageDataset`, or lazy `ImageFiles` at paper scale"
+    name = DATASET_ALIASES.get(name, name)
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join([*DATASETS, *DATASET_ALIASES])}")
     return DATASETS[name](split, data_root, image_size)
 
 # %% ../nbs/00_data.ipynb #c028

@@ -35,3 +35,18 @@ def test_latents(tmp_path):
     assert ds.shape == (4, 8, 8) and y == -1 and torch.equal(x, torch.from_numpy(lat[2]))  # latents pass unchanged
     with pytest.raises(KeyError, match="latents"):
         np.savez(tmp_path / "bad.npz", images=lat); load_dataset("latents", tmp_path / "bad.npz")
+
+def test_identity_is_the_content():
+    u8 = torch.randint(0, 256, (4, 1, 6, 6), dtype=torch.uint8)
+    a = load_dataset("digits")
+    assert len(a.identity()) == 12 and a.identity() == load_dataset("digits").identity()
+    assert a.identity() != load_dataset("digits", split="test").identity() != load_dataset("digits", image_size=8).identity()
+    from selfguide.data import ImageDataset
+    assert ImageDataset(u8).identity() == ImageDataset(u8.clone(), name="other").identity()
+    assert ImageDataset(u8).identity() != ImageDataset(u8, torch.arange(4)).identity()
+    assert ImageDataset(u8.float()).identity() != ImageDataset(u8).identity()  # latents vs bytes of the same values
+
+def test_paper_datasets_are_registered():
+    from selfguide.data import DATASETS, DATASET_ALIASES
+    assert {"lsun_churches", "imagenet", "imagenet100"} <= set(DATASETS) and DATASET_ALIASES == {"lsun": "lsun_churches"}
+    with pytest.raises(ValueError, match="known datasets: .*imagenet100.*lsun"): load_dataset("cifar")
