@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 # %% auto #0
-__all__ = ['DIGITS_TEST', 'FASHION_MNIST_ROOT', 'IMAGE_SUFFIXES', 'DATASETS', 'DATASET_ALIASES', 'to_float', 'to_uint8',
-           'ImageDataset', 'resize_uint8', 'load_digits', 'read_idx', 'load_fashion_mnist', 'load_npz', 'load_folder',
-           'load_image', 'load_latents', 'load_dataset', 'cache_root']
+__all__ = ['DIGITS_TEST', 'FASHION_MNIST_ROOT', 'IMAGE_SUFFIXES', 'DATASETS', 'DATASET_ALIASES', 'FILE_DATASETS', 'to_float',
+           'to_uint8', 'ImageDataset', 'resize_uint8', 'load_digits', 'read_idx', 'load_fashion_mnist', 'load_npz',
+           'load_folder', 'load_image', 'load_latents', 'load_dataset', 'clean_batches', 'cache_root']
 
 # %% ../nbs/00_data.ipynb #c005
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -151,9 +151,12 @@ def _existing(data_root, name, what) -> Path:
     return p
 
 # %% ../nbs/00_data.ipynb #c022
-def load_latents(data_root) -> ImageDataset:
-    "Pre-encoded latents from an .npz with `latents` float (N, C, H, W) and optional `labels`"
-    path = _existing(data_root, "latents", "an .npz of latents")
+def load_latents(data_root):
+    "Latents: a folder written by `selfguide encode` (a `LatentFolder`), or an .npz with `latents` (N, C, H, W)"
+    path = _existing(data_root, "latents", "a folder written by `selfguide encode`, or an .npz of latents")
+    if path.is_dir():
+        from selfguide.latents import LatentFolder  # lazy on purpose: latents imports data
+        return LatentFolder(path)
     with np.load(path) as z:
         if "latents" not in z: raise KeyError(f"{path} has no array 'latents' (found: {sorted(z.keys())})")
         lat, labels = torch.from_numpy(z["latents"]).float(), (z["labels"] if "labels" in z else None)
@@ -179,6 +182,7 @@ def _files(loader: str):
 DATASETS |= {"lsun_churches": _files("load_lsun"), "imagenet": _files("load_imagenet"),
              "imagenet100": _files("load_imagenet100")}
 DATASET_ALIASES = {"lsun": "lsun_churches"}  # the name users type
+FILE_DATASETS = ("lsun_churches", "lsun", "imagenet", "imagenet100")  # read lazily from files, not held in memory
 
 def load_dataset(name: str, data_root=None, image_size: int | None = None, split: str = "train"):
     "Load dataset `name` (in `DATASETS` or `DATASET_ALIASES`): an `ImageDataset`, or lazy `ImageFiles` at paper scale"
@@ -186,6 +190,16 @@ def load_dataset(name: str, data_root=None, image_size: int | None = None, split
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join([*DATASETS, *DATASET_ALIASES])}")
     return DATASETS[name](split, data_root, image_size)
+
+# %% ../nbs/00_data.ipynb #c026b
+def clean_batches(data, n_max: int | None = None, batch_size: int = 256, indices=None):
+    "Float batches (B, C, H, W) of `data` (ImageDataset, image tensor or any dataset): items `indices`, else the first `n_max`"
+    images = data.images if isinstance(data, ImageDataset) else data
+    indices = torch.arange(min(len(images), n_max or len(images))) if indices is None else torch.as_tensor(indices)
+    for idx in indices.split(batch_size):
+        if torch.is_tensor(images): yield to_float(images[idx])
+        elif hasattr(images, "clean"): yield images.clean(idx)                  # latents: scale * mean, no flip
+        else: yield torch.stack([images[int(i)][0] for i in idx])             # lazily read images
 
 # %% ../nbs/00_data.ipynb #c028
 def cache_root(cache_dir=None) -> Path:

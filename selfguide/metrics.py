@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
-from .data import ImageDataset, load_dataset, to_float, to_uint8, cache_root
+from .data import ImageDataset, load_dataset, to_float, to_uint8, cache_root, FILE_DATASETS
 from .train import resolve_device
 
 # %% auto #0
@@ -206,9 +206,14 @@ def inception_reference(extractor, dataset: str, data_root=None, image_size: int
     path = cache_root(cache_dir) / "inception" / f"{_data_key(dataset, data_root, image_size)}_{split}_{tag}.npz"
     if tag and path.exists():
         with np.load(path) as z: return dict(z)
-    images = load_dataset(dataset, data_root, image_size, split=split).images
-    mu, sigma = feature_stats(inception_features(extractor, images, progress=progress)[0])
-    ref = dict(mu=mu, sigma=sigma, n=np.array(len(images)))
+    data = load_dataset(dataset, data_root, image_size, split=split)
+    if isinstance(data, ImageDataset): pool = inception_features(extractor, data.images, progress=progress)[0]
+    else:                                                                   # read from files: batches of uint8 images
+        batches = torch.utils.data.DataLoader(data, batch_size=100, num_workers=min(8, os.cpu_count() or 1))
+        pool = np.concatenate([inception_features(extractor, to_uint8(x), progress=False)[0]
+                               for x, _ in tqdm(batches, desc="inception reference", disable=not progress)])
+    mu, sigma = feature_stats(pool)
+    ref = dict(mu=mu, sigma=sigma, n=np.array(len(data)))
     if tag:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path.with_suffix(".tmp.npz"), **ref); os.replace(path.with_suffix(".tmp.npz"), path)
@@ -231,6 +236,17 @@ def evaluate_samples(images, dataset: str, data_root=None, inception=None, cache
     "Offline classifier metrics of samples with their real floor, plus FID and IS when Inception weights are given"
     extractor = inception if callable(inception) else check_inception(inception)  # fail before any work
     x = as_images(images)
+    if x.shape[1] not in (1, 3):
+        raise ValueError(f"samples have {x.shape[1]} channels, like raw latents: decode them through the run's VAE "
+                         f"(selfguide sample does for latent runs) and score images; metrics on latents mean nothing")
+    if dataset == "latents":
+        raise ValueError("the reference must be images: pass the dataset the latents were encoded from (--dataset, --data-root)")
+    if dataset in FILE_DATASETS:                                            # paper scale: FID and IS only
+        if extractor is None: raise ValueError(f"{dataset!r} is read from files, too large for the offline classifier "
+                                               f"metrics: pass --inception PATH (or set {INCEPTION_ENV}) for FID and IS")
+        extractor = extractor if callable(extractor) else InceptionFeatures(extractor, device)
+        ref = inception_reference(extractor, dataset, data_root, x.shape[-1], "train", cache_dir, progress)
+        return dict(n_samples=len(x)) | inception_metrics(extractor, x, ref, progress)
     train, test = train_test(dataset, data_root)
     size = None if x.shape[-1] == test.shape[-1] else x.shape[-1]  # None: the dataset's own size (one cache entry)
     if size: train, test = train_test(dataset, data_root, size)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from tqdm import tqdm
-from .data import ImageDataset, to_float
+from .data import clean_batches
 from .paths import get_path
 from .sinkhorn import sinkhorn, sk_loss, Prototypes, ProjectionHead
 from .guidance import READOUTS, ONLINE_MODES, cluster_scores, assignment_stats
@@ -120,13 +120,11 @@ def assign(boot: Bootstrap, model, x0, path="cv", generator=None) -> torch.Tenso
 @torch.no_grad()
 def assign_images(boot: Bootstrap, model, data, path="cv", seed: int = 0, n_max: int | None = None,
                   batch_size: int = 256, progress: bool = True) -> torch.Tensor:
-    "Prototype ids of the images of `data` (ImageDataset or uint8 (N, C, H, W)), the first `n_max` of them"
-    images = data.images if isinstance(data, ImageDataset) else data
-    images = images[:n_max] if n_max else images
+    "Prototype ids of the first `n_max` images of `data` (any dataset, or uint8 (N, C, H, W); see `clean_batches`)"
     dev, gen, out = next(model.parameters()).device, torch.Generator().manual_seed(seed), []
     model.eval()
-    for xb in tqdm(images.split(batch_size), desc="prototype assignment", disable=not progress, leave=False):
-        out.append(assign(boot, model, to_float(xb).to(dev), path, gen).cpu())
+    for x in tqdm(clean_batches(data, n_max, batch_size), desc="prototype assignment", disable=not progress, leave=False):
+        out.append(assign(boot, model, x.to(dev), path, gen).cpu())
     return torch.cat(out)                                                  # (n,) or (n, N)
 
 # %% ../nbs/04a_online.ipynb #c020

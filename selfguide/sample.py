@@ -9,7 +9,7 @@ import torch
 from torchdiffeq import odeint
 from tqdm import tqdm
 from .paths import ProbabilityPath, get_path
-from .data import ImageDataset
+from .data import clean_batches
 from .online import assign_images
 from .train import autocast
 
@@ -106,8 +106,8 @@ def prototype_conditions(model, n: int, prototype: int | None = None, query=None
         ids = assign_images(boot, model, q, path, seed, progress=False).expand(shape)  # one forward pass
     elif boot.patch:                                                       # layouts of random training images
         if data is None: raise ValueError("patch-level conditions need data (training images) to draw layouts from")
-        images = data.images if isinstance(data, ImageDataset) else data
-        ids = assign_images(boot, model, images[torch.randint(len(images), (n,), generator=gen)], path, seed, progress=False)
+        pick = torch.randint(len(data), (n,), generator=gen)
+        ids = assign_images(boot, model, torch.cat(list(clean_batches(data, indices=pick))), path, seed, progress=False)
     else:
         p = torch.ones(boot.k) if counts is None else torch.as_tensor(counts, dtype=torch.float)
         ids = torch.multinomial(p / p.sum(), n, replacement=True, generator=gen).sort().values

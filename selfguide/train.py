@@ -5,93 +5,25 @@
 # %% ../nbs/05_train.ipynb #c002
 from __future__ import annotations
 import copy, json, os, platform, random, statistics, subprocess, time
-from dataclasses import dataclass, asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
-from .data import load_dataset, ImageDataset
+from .data import ImageDataset
+from .latents import draw_latents
 from .paths import get_path
-from .uvit import build_uvit, count_params, PRESETS, load_official
+from .uvit import build_uvit, count_params, load_official
+from .config import TrainConfig, resolve_config
 from .guidance import (check_guidance, condition_slot, batch_condition, cached_features, file_key, kmeans,
-                                cluster_scores, load_encoder, encoder_features, READOUTS, ONLINE_MODES)
+                                cluster_scores, load_encoder, encoder_features, ONLINE_MODES)
 from .online import build_bootstrap, sk_views, sk_objective, sk_weight, assign, assign_images, prototype_stats
 
 # %% auto #0
-__all__ = ['TrainConfig', 'step_generator', 'StepBatchSampler', 'ema_update', 'ema_decay_at', 'lr_at', 'resolve_device',
-           'autocast', 'git_revision', 'read_manifest', 'update_manifest', 'save_checkpoint', 'build_model',
-           'load_init', 'init_weights_from', 'cluster_conditions', 'train', 'load_run']
-
-# %% ../nbs/05_train.ipynb #c005
-@dataclass
-class TrainConfig:
-    "Every setting of a training run; defaults follow the paper"
-    dataset: str = "digits"        # one of selfguide.data.DATASETS
-    data_root: str | None = None   # file or folder for datasets that need one
-    image_size: int | None = None  # resize images (None: the dataset's own size)
-    guidance: str = "none"         # one of selfguide.guidance.GUIDANCE_MODES
-    preset: str = "uvit_l"         # one of selfguide.uvit.PRESETS
-    patch_size: int = 2            # U-ViT patch size
-    path: str = "cv"               # probability path: cv, vp or ve
-    steps: int = 40_000            # optimizer steps in total
-    batch_size: int = 512
-    lr: float = 5e-5
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    warmup_steps: int = 5_000      # linear learning-rate warm-up
-    grad_clip: float = 0.0         # max gradient norm (0: off)
-    ema_decay: float = 0.9999
-    ema_warmup: bool = True        # decay min(ema_decay, (1 + step) / (10 + step)): forget the random init
-    p_drop: float = 0.15           # CFG dropout to the learnable null
-    amp: str = "auto"              # "bf16", "none" or "auto" (bf16 on CUDA only)
-    attn_backend: str = "auto"     # see selfguide.uvit.attention
-    device: str = "auto"
-    num_workers: int = 0           # DataLoader workers
-    seed: int = 0
-    out_dir: str = "outputs/run"
-    ckpt_every: int = 1_000        # checkpoint interval in steps (and always at the end)
-    resume: bool = True            # continue from out_dir's checkpoint when there is one
-    init: str | None = None        # start from this run folder's EMA weights or an official U-ViT .pth (offline: its features)
-    clusters: int = 300            # K of k-means (offline, external) or of the prototypes (online); paper: 300 on ImageNet-100
-    feature_layer: int | None = None  # block whose features are clustered (None: the middle block; paper: 10 of 21)
-    feature_t: float = 0.2         # time t_s at which the features are read (the paper's t = 0.2)
-    feature_readout: str = "patches"  # token, mean or patches (see selfguide.guidance.diffusion_features); paper online: token
-    sk_sigma: float = 0.5          # online: warm-up while step / steps < sigma (Alg. 1)
-    sk_stopgrad: bool = True       # online: the SK loss trains only the head and prototypes (Table 2: w/o stop-gradient)
-    sk_warmup_weight: bool = True  # online: SK weight min(step / (sigma steps), 1) (Table 2: w/o warmup weight)
-    sk_mask: bool = True           # online: SK loss on the batch's images with t in [0.15, 0.25]; False: all, at feature_t
-    sk_two_view: bool = False      # online: two noisings per image, each predicts the other's codes (SwAV)
-    sk_form: str = "ce"            # online: SK loss 'ce' (released code) or 'frobenius' (Eq. 11)
-    sk_temperature: float = 0.1
-    sk_epsilon: float = 0.05       # Sinkhorn entropic regularisation
-    sk_iters: int = 3              # Sinkhorn iterations (the paper's appendix: 3)
-    sk_hidden: int = 512           # hidden width of the head h_phi
-    sk_dim: int = 128              # prototype and embedding dimension
-    online_condition: str = "vector"  # online: c = m* as a vector (paper) or 'index' (a learned embedding per prototype)
-    monitor_every: int = 0         # online: prototype statistics every this many steps (0: end of warm-up and end)
-    monitor_images: int = 5_000    # online: images in each statistics pass
-    encoder: str = "vit_small_patch16_224.dino"  # timm encoder for guidance="external"
-    encoder_weights: str | None = None  # local weights file of the encoder
-    cache_dir: str | None = None   # feature cache (default $SELFGUIDE_CACHE or ~/.cache/selfguide)
-
-    def __post_init__(self):
-        for f in fields(self):  # papermill and the CLI pass strings and floats; coerce to the declared type
-            v = getattr(self, f.name)
-            if v is not None and f.type in ("int", "float", "bool") and not isinstance(v, bool if f.type == "bool" else (int, float)):
-                raise TypeError(f"{f.name} must be {f.type}, got {v!r}")
-            if f.type == "int" and isinstance(v, float):
-                if not v.is_integer(): raise TypeError(f"{f.name} must be a whole number, got {v}")
-                setattr(self, f.name, int(v))
-        if self.preset not in PRESETS: raise ValueError(f"unknown preset {self.preset!r}; known presets: {', '.join(PRESETS)}")
-        if self.amp not in ("auto", "bf16", "none"): raise ValueError(f"amp must be 'auto', 'bf16' or 'none', got {self.amp!r}")
-        if self.steps < 1 or self.batch_size < 1: raise ValueError("steps and batch_size must be positive")
-        if not 0 <= self.p_drop < 1: raise ValueError(f"p_drop must be in [0, 1), got {self.p_drop}")
-        if self.feature_readout not in READOUTS: raise ValueError(f"feature_readout must be one of {READOUTS}")
-        if self.online_condition not in ("vector", "index"): raise ValueError(f"online_condition must be 'vector' or 'index', got {self.online_condition!r}")
-        if self.sk_form not in ("ce", "frobenius"): raise ValueError(f"sk_form must be 'ce' or 'frobenius', got {self.sk_form!r}")
-        if not 0 <= self.sk_sigma < 1: raise ValueError(f"sk_sigma must be in [0, 1), got {self.sk_sigma}")
+__all__ = ['step_generator', 'StepBatchSampler', 'ema_update', 'ema_decay_at', 'lr_at', 'resolve_device', 'autocast',
+           'git_revision', 'read_manifest', 'update_manifest', 'save_checkpoint', 'build_model', 'load_init',
+           'init_weights_from', 'cluster_conditions', 'train', 'load_run']
 
 # %% ../nbs/05_train.ipynb #c008
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -178,12 +110,12 @@ def build_model(cfg: TrainConfig, shape, num_classes: int) -> torch.nn.Module:
 
 # %% ../nbs/05_train.ipynb #c016
 def load_init(init, device="cpu"):
-    "(model, cache key, path name) of `init`: a run folder (EMA weights) or an official U-ViT .pth"
+    "(model, cache key, path name) of `init`: a run folder (EMA weights) or an official U-ViT .pth (DDPM schedule)"
     p = Path(init)
     if p.is_dir():
         model, cfg = load_run(p, device=device)
         return model, file_key(p / "checkpoints" / "last.pt"), cfg.path
-    if p.is_file(): return load_official(p).to(device).eval(), file_key(p), "cv"
+    if p.is_file(): return load_official(p).to(device).eval(), file_key(p), "ddpm"  # noised on its own schedule
     raise FileNotFoundError(f"--init {init}: neither a run folder nor a checkpoint file")
 
 def init_weights_from(model, state: dict) -> list:
@@ -193,7 +125,7 @@ def init_weights_from(model, state: dict) -> list:
     model.load_state_dict(take, strict=False)
     return sorted(set(own) - set(take))
 
-def cluster_conditions(cfg, data: ImageDataset, device, init=None) -> tuple[ImageDataset, dict]:
+def cluster_conditions(cfg, data, device, init=None) -> tuple[object, dict]:
     "The training set with k-means cluster ids as labels, and the clusters' statistics; `init` is `load_init`'s result"
     if cfg.guidance == "offline":
         if init is None: raise ValueError("guidance='offline' needs init (--init): a trained run folder or an official U-ViT checkpoint to take features from")
@@ -209,7 +141,8 @@ def cluster_conditions(cfg, data: ImageDataset, device, init=None) -> tuple[Imag
     counts = np.bincount(assign, minlength=cfg.clusters)
     info.update(k=cfg.clusters, used=float((counts > 0).mean()), counts=counts.tolist())
     if (data.labels >= 0).any(): info.update(cluster_scores(assign, data.labels))
-    return ImageDataset(data.images, torch.from_numpy(assign), data.name), info
+    out = copy.copy(data); out.labels = torch.from_numpy(assign)                    # the same images, cluster ids as labels
+    return out, info
 
 # %% ../nbs/05_train.ipynb #c018
 _RESUMABLE = {"steps", "resume", "ckpt_every", "num_workers", "device", "out_dir"}  # may change across a resume
@@ -221,10 +154,10 @@ def _online_stats(model, ema, data, cfg, path) -> dict:
     return prototype_stats(idx, cfg.clusters, labels)
 
 def train(**config) -> Path:
-    "Train a model as `TrainConfig(**config)` says; returns the run folder"
-    cfg = TrainConfig(**config)
-    out, device = Path(cfg.out_dir), resolve_device(cfg.device)
-    data = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
+    "Train a model with the options in `config` over its dataset's recipe (`selfguide.config`); returns the run folder"
+    device = resolve_device(config.get("device", "auto"))
+    cfg, data, recipe = resolve_config(config, device)
+    out, latent = Path(cfg.out_dir), getattr(data, "moments", False)     # latent: items are VAE moments (2, 2C, h, w)
     check_guidance(cfg.guidance, data.num_classes)
     online = cfg.guidance in ONLINE_MODES
     start, losses, sk_losses, monitor, ckpt_path = 0, [], [], [], out / "checkpoints" / "last.pt"
@@ -267,6 +200,7 @@ def train(**config) -> Path:
         t0 = time.perf_counter()
         g = step_generator(cfg.seed, step)
         x0, y = x0.to(device, non_blocking=True), y.to(device, non_blocking=True)  # (B, C, H, W), (B,)
+        if latent: x0 = draw_latents(x0, data.scale, g)                             # z from the moments, random flip
         noise = torch.randn(x0.shape, generator=g).to(device)                       # (B, C, H, W)
         t = path.sample_t(len(x0), generator=g, device=device)                      # (B,)
         if not online: c, drop = batch_condition(cfg.guidance, y, cfg.p_drop, generator=g)
@@ -277,7 +211,7 @@ def train(**config) -> Path:
         for grp in opt.param_groups: grp["lr"] = lr_at(step, cfg.lr, cfg.warmup_steps)
         with autocast(device, cfg.amp):
             pred = model(path.x_t(x0, noise, t), t, c, drop)                        # (B, C, H, W)
-            l_sk = sk_objective(model.bootstrap, model, sk_views(x0, t, noise, path, cfg.feature_t, cfg.sk_mask, cfg.sk_two_view, g),
+            l_sk = sk_objective(model.bootstrap, model, sk_views(x0, t, noise, path, cfg.feature_t, cfg.sk_mask, cfg.sk_two_view, g, cfg.sk_sinkhorn),
                                 cfg.sk_stopgrad, cfg.sk_epsilon, cfg.sk_iters, cfg.sk_temperature, cfg.sk_form) if online else None
         loss = path.loss(pred, x0, noise, t)
         total = loss if l_sk is None else loss + sk_weight(step, cfg.steps, cfg.sk_sigma, cfg.sk_warmup_weight) * l_sk.float()
@@ -312,7 +246,8 @@ def train(**config) -> Path:
                     environment=dict(torch=torch.__version__, device=str(device), threads=torch.get_num_threads(), python=platform.python_version()),
                     model=dict(params=count_params(ema), blocks=model.num_blocks, tokens=model.num_patches + model.extras,
                                **({"head_params": count_params(model.bootstrap)} if online else {})),
-                    metrics=metrics, **({"clusters": clusters} if clusters else {}), **({"online": dict(warmup_end=warm_end, monitor=monitor)} if online else {}))
+                    metrics=metrics, recipe=recipe, **({"clusters": clusters} if clusters else {}),
+                    **({"latents": dict(folder=str(data.root), scale=data.scale, image_size=data.image_size)} if latent else {}), **({"online": dict(warmup_end=warm_end, monitor=monitor)} if online else {}))
     return out
 
 # %% ../nbs/05_train.ipynb #c020

@@ -1,4 +1,4 @@
-"""Tiny image datasets that tests build in a temporary folder: an LSUN-style LMDB, an image folder, ImageNet."""
+"""Tiny fixtures that tests build in a temporary folder: an LSUN-style LMDB, an image folder, ImageNet, an SD-VAE."""
 import hashlib, io
 from pathlib import Path
 import numpy as np
@@ -42,3 +42,13 @@ def make_imagenet(path, wnids, per_class: int = 2, seed: int = 0) -> Path:
         (path / w).mkdir(parents=True, exist_ok=True)
         for j in range(per_class): _image(40 + 3 * j, 30 + j, rng).save(path / w / f"{w}_{j}.JPEG")
     return path
+
+def make_vae(path, **kw) -> Path:
+    "A random-init diffusers AutoencoderKL with a tiny config (downsampling 2x, 4 latent channels), saved as distributed"
+    import torch
+    from diffusers import AutoencoderKL
+    torch.manual_seed(0)
+    AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                  block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4,
+                  sample_size=32, **kw).save_pretrained(path)
+    return Path(path)

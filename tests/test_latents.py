@@ -3,15 +3,9 @@ import hashlib, json, pickle
 import numpy as np, pytest, torch
 from diffusers import AutoencoderKL
 from selfguide.data import ImageDataset, to_float
+from fixtures import make_vae as tiny_vae
 from selfguide.latents import (load_vae, vae_scale, encode, LatentFolder, draw_latents, decode, latent_cache,
                                encode_cached, read_index)
-
-def tiny_vae(path, **kw):
-    torch.manual_seed(0)
-    AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                  block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4,
-                  sample_size=32, **kw).save_pretrained(path)
-    return path
 
 @pytest.fixture(scope="module")
 def vae_dir(tmp_path_factory): return tiny_vae(tmp_path_factory.mktemp("vae") / "tiny-vae")

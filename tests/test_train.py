@@ -26,7 +26,7 @@ def test_manifest(tmp_path):
 
 def test_bad_input_fails_clearly(tmp_path):
     with pytest.raises(ValueError, match="known datasets"): train(dataset="cifar", out_dir=str(tmp_path))
-    with pytest.raises(NotImplementedError, match="no loader yet"): train(dataset="lsun", out_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="needs data_root .*--data-root"): train(dataset="lsun", out_dir=str(tmp_path))
     with pytest.raises(ValueError, match="known modes"):
         train(**dict(SMALL, guidance="bootstrap"), steps=1, out_dir=str(tmp_path))
     with pytest.raises(ValueError, match="larger than the dataset"):
