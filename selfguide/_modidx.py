@@ -193,9 +193,14 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'selfguide.uvit.UViT.per_patch': ('uvit.html#uvit.per_patch', 'selfguide/uvit.py'),
                                 'selfguide.uvit.UViT.tokens': ('uvit.html#uvit.tokens', 'selfguide/uvit.py'),
                                 'selfguide.uvit.UViT.unpatchify': ('uvit.html#uvit.unpatchify', 'selfguide/uvit.py'),
+                                'selfguide.uvit._official': ('uvit.html#_official', 'selfguide/uvit.py'),
                                 'selfguide.uvit.attention': ('uvit.html#attention', 'selfguide/uvit.py'),
                                 'selfguide.uvit.build_uvit': ('uvit.html#build_uvit', 'selfguide/uvit.py'),
                                 'selfguide.uvit.count_params': ('uvit.html#count_params', 'selfguide/uvit.py'),
                                 'selfguide.uvit.from_official': ('uvit.html#from_official', 'selfguide/uvit.py'),
                                 'selfguide.uvit.load_official': ('uvit.html#load_official', 'selfguide/uvit.py'),
-                                'selfguide.uvit.timestep_embedding': ('uvit.html#timestep_embedding', 'selfguide/uvit.py')}}}
+                                'selfguide.uvit.official_heads': ('uvit.html#official_heads', 'selfguide/uvit.py'),
+                                'selfguide.uvit.official_schedule': ('uvit.html#official_schedule', 'selfguide/uvit.py'),
+                                'selfguide.uvit.timestep_embedding': ('uvit.html#timestep_embedding', 'selfguide/uvit.py'),
+                                'selfguide.uvit.token_roles': ('uvit.html#token_roles', 'selfguide/uvit.py'),
+                                'selfguide.uvit.transfer_state': ('uvit.html#transfer_state', 'selfguide/uvit.py')}}}
