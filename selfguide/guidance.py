@@ -63,14 +63,15 @@ def _check_feature_size(model, n: int, readout: str):
     if readout not in READOUTS: raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
     F = model.embed_dim * (model.num_patches if readout == "patches" else 1)
     if n * F * 4 > MAX_FEATURE_BYTES:
-        raise ValueError(f"features of {n:,} images x {F:,} floats would take {n * F * 4 / 1e9:.0f} GB (over MAX_FEATURE_BYTES, "
-                         f"{MAX_FEATURE_BYTES / 2 ** 30:g} GiB): readout 'patches' keeps every patch token (256 tokens x 1024 "
-                         "channels of 126K images is ~130 GB); use readout 'token' or 'mean' (feature_readout)")
+        raise ValueError(f"features of {n:,} images x {F:,} floats would take {n * F * 4 / 1e9:.0f} GB "
+                         f"(over MAX_FEATURE_BYTES, {MAX_FEATURE_BYTES / 2 ** 30:g} GiB): readout 'patches' keeps "
+                         "every patch token (256 tokens x 1024 channels of 126K images is ~130 GB); "
+                         "use readout 'token' or 'mean' (feature_readout)")
 
 @torch.no_grad()
 def diffusion_features(model, data, layer: int, t: float, readout: str = "patches", path: str = "cv", seed: int = 0,
                        batch_size: int = 256, progress: bool = True) -> torch.Tensor:
-    "Features (N, F) of the images of `data` (ImageDataset or uint8 (N, C, H, W)) at block `layer` and time `t` on `path`"
+    "Features (N, F) of `data` (ImageDataset or uint8 (N, C, H, W)) at block `layer` and time `t` on `path`"
     images = data.images if isinstance(data, ImageDataset) else data
     _check_feature_size(model, len(images), readout)
     dev, p, model = next(model.parameters()).device, get_path(path), model.eval()

@@ -202,8 +202,9 @@ TIME_SCALES = {"vp": 999.0, "ddpm": 1000.0}  # the official time input: 999 t (V
 
 def _official(width: int, what: str):
     if width not in OFFICIAL:
-        raise ValueError(f"U-ViT width {width} is not a released config ({', '.join(map(str, OFFICIAL))}): pass num_heads "
-                         "and schedule ('vp' for train.py / train_ldm.py checkpoints, 'ddpm' for train_ldm_discrete.py)")
+        raise ValueError(f"U-ViT width {width} is not a released config ({', '.join(map(str, OFFICIAL))}): "
+                         "pass num_heads and schedule ('vp': checkpoints of train.py or train_ldm.py; "
+                         "'ddpm': of train_ldm_discrete.py)")
     return OFFICIAL[width][what]
 
 def official_heads(width: int) -> int:
@@ -215,12 +216,12 @@ def official_schedule(width: int) -> str:
     return _official(width, "schedule")
 
 def from_official(sd: dict, num_heads: int | None = None, schedule: str | None = None, **overrides) -> UViT:
-    "A `UViT` holding the weights of an official U-ViT state dict `sd`; `overrides` change its layout (e.g. a CLS token)"
+    "A `UViT` with the weights of an official U-ViT state dict `sd`; `overrides` change its layout (e.g. a CLS token)"
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
     if "patch_embed.proj.weight" not in sd: raise KeyError("not an official U-ViT state dict: no 'patch_embed.proj.weight'")
     D, C, p, _ = sd["patch_embed.proj.weight"].shape
     schedule = schedule or official_schedule(D)
-    if schedule not in TIME_SCALES: raise ValueError(f"schedule must be one of {', '.join(TIME_SCALES)}, got {schedule!r}")
+    if schedule not in TIME_SCALES: raise ValueError(f"schedule must be one of {', '.join(TIME_SCALES)}: {schedule!r}")
     cond = "label_emb.weight" in sd
     n_patches = sd["pos_embed"].shape[1] - (2 if cond else 1)
     kw = dict(img_size=int(round(n_patches ** 0.5)) * p, patch_size=p, in_chans=C, embed_dim=D,
