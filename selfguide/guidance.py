@@ -14,9 +14,10 @@ from .data import ImageDataset, to_float, cache_root
 from .paths import get_path
 
 # %% auto #0
-__all__ = ['GUIDANCE_MODES', 'PLANNED_MODES', 'LABELLED_MODES', 'ONLINE_MODES', 'READOUTS', 'check_guidance', 'condition_slot',
-           'batch_condition', 'sample_conditions', 'diffusion_features', 'cached_features', 'file_key', 'kmeans',
-           'cluster_scores', 'assignment_stats', 'load_encoder', 'encoder_features']
+__all__ = ['GUIDANCE_MODES', 'PLANNED_MODES', 'LABELLED_MODES', 'ONLINE_MODES', 'READOUTS', 'MAX_FEATURE_BYTES', 'check_guidance',
+           'condition_slot', 'batch_condition', 'sample_conditions', 'diffusion_features', 'data_key',
+           'cached_features', 'file_key', 'kmeans', 'cluster_scores', 'assignment_stats', 'load_encoder',
+           'encoder_features']
 
 # %% ../nbs/04_guidance.ipynb #c005
 GUIDANCE_MODES = ("none", "class", "offline", "external", "online", "online_patch")
@@ -55,13 +56,24 @@ def sample_conditions(guidance: str, n: int, num_classes: int = 0, counts=None, 
 
 # %% ../nbs/04_guidance.ipynb #c011
 READOUTS = ("token", "mean", "patches")
+MAX_FEATURE_BYTES = 16 * 2 ** 30  # offline features are held in memory and on disk as float32 (N, F)
+
+def _check_feature_size(model, n: int, readout: str):
+    "Refuse features (n, F) larger than MAX_FEATURE_BYTES before any work"
+    if readout not in READOUTS: raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+    F = model.embed_dim * (model.num_patches if readout == "patches" else 1)
+    if n * F * 4 > MAX_FEATURE_BYTES:
+        raise ValueError(f"features of {n:,} images x {F:,} floats would take {n * F * 4 / 1e9:.0f} GB "
+                         f"(over MAX_FEATURE_BYTES, {MAX_FEATURE_BYTES / 2 ** 30:g} GiB): readout 'patches' keeps "
+                         "every patch token (256 tokens x 1024 channels of 126K images is ~130 GB); "
+                         "use readout 'token' or 'mean' (feature_readout)")
 
 @torch.no_grad()
 def diffusion_features(model, data, layer: int, t: float, readout: str = "patches", path: str = "cv", seed: int = 0,
                        batch_size: int = 256, progress: bool = True) -> torch.Tensor:
-    "Features (N, F) of the images of `data` (ImageDataset or uint8 (N, C, H, W)) at block `layer` and time `t`"
-    if readout not in READOUTS: raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+    "Features (N, F) of `data` (ImageDataset or uint8 (N, C, H, W)) at block `layer` and time `t` on `path`"
     images = data.images if isinstance(data, ImageDataset) else data
+    _check_feature_size(model, len(images), readout)
     dev, p, model = next(model.parameters()).device, get_path(path), model.eval()
     null = model.num_classes > 0 or model.cond_dim > 0  # trained with CFG: read features under the null condition
     gen, out = torch.Generator().manual_seed(seed), []
@@ -74,12 +86,24 @@ def diffusion_features(model, data, layer: int, t: float, readout: str = "patche
         out.append(f.flatten(1).float().cpu())
     return torch.cat(out)                                                           # (N, F)
 
-def cached_features(key: str, model, data, layer: int, t: float, readout: str = "patches", cache_dir=None, **kw) -> torch.Tensor:
-    "`diffusion_features`, cached on disk under (key, layer, t, readout); `key` names the checkpoint and data"
-    path = cache_root(cache_dir) / "features" / f"{key}_l{layer}_t{t:g}_{readout}.pt"
-    if path.exists(): return torch.load(path, weights_only=True)
-    f = diffusion_features(model, data, layer, t, readout, **kw)
-    path.parent.mkdir(parents=True, exist_ok=True); torch.save(f, path)
+def data_key(data) -> str:
+    "A short content key of `data`: its `identity()` when it has one, else a hash of its images (and labels)"
+    if hasattr(data, "identity"): return hashlib.sha1(repr(data.identity()).encode()).hexdigest()[:12]
+    images = data.images if isinstance(data, ImageDataset) else data
+    h = hashlib.sha1(f"{tuple(images.shape)} {images.dtype}".encode())
+    h.update(images.detach().cpu().contiguous().numpy().reshape(-1).view(np.uint8))
+    if isinstance(data, ImageDataset): h.update(data.labels.cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+def cached_features(key: str, model, data, layer: int, t: float, readout: str = "patches", cache_dir=None,
+                    path: str = "cv", seed: int = 0, **kw) -> torch.Tensor:
+    "`diffusion_features`, cached on disk under (checkpoint `key`, data_key(data), layer, t, readout, path, seed)"
+    _check_feature_size(model, len(data), readout)
+    name = f"{key}_{data_key(data)}_l{layer}_t{t:g}_{readout}_{path}_s{seed}.pt"
+    file = cache_root(cache_dir) / "features" / name
+    if file.exists(): return torch.load(file, weights_only=True)
+    f = diffusion_features(model, data, layer, t, readout, path, seed, **kw)
+    file.parent.mkdir(parents=True, exist_ok=True); torch.save(f, file)
     return f
 
 def file_key(*paths, extra: str = "") -> str:

@@ -10,8 +10,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['ATTENTION_BACKENDS', 'PRESETS', 'attention', 'Attention', 'Mlp', 'Block', 'timestep_embedding', 'UViT', 'build_uvit',
-           'count_params', 'from_official', 'load_official']
+__all__ = ['ATTENTION_BACKENDS', 'PRESETS', 'OFFICIAL', 'TIME_SCALES', 'attention', 'Attention', 'Mlp', 'Block',
+           'timestep_embedding', 'UViT', 'build_uvit', 'count_params', 'official_heads', 'official_schedule',
+           'from_official', 'load_official', 'token_roles', 'transfer_state']
 
 # %% ../nbs/02_uvit.ipynb #c005
 ATTENTION_BACKENDS = ("auto", "math", "sdpa")
@@ -67,13 +68,14 @@ class UViT(nn.Module):
     "U-ViT velocity network v(x_t, t, c): time, condition, optional CLS and patch tokens with long skips"
     def __init__(self, img_size=32, patch_size=2, in_chans=4, embed_dim=1024, depth=20, num_heads=16, mlp_ratio=4.0,
                  qkv_bias=False, mlp_time_embed=False, num_classes=0, cond_dim=0, use_cls_token=False, conv=False,
-                 attn_backend="auto", cond_slot=True):
+                 attn_backend="auto", cond_slot=True, time_scale=1000.0):
         super().__init__()
         if img_size % patch_size: raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
         if embed_dim % num_heads: raise ValueError(f"embed_dim {embed_dim} is not a multiple of num_heads {num_heads}")
         if attn_backend not in ATTENTION_BACKENDS: raise ValueError(f"attn_backend must be one of {ATTENTION_BACKENDS}")
         self.img_size, self.patch_size, self.in_chans, self.embed_dim = img_size, patch_size, in_chans, embed_dim
         self.depth, self.num_classes, self.cond_dim, self.cond_slot = depth, num_classes, cond_dim, cond_slot
+        self.time_scale = time_scale  # the network's time input is time_scale * t
         self.num_patches = (img_size // patch_size) ** 2
         self.extras = 1 + int(cond_slot) + int(use_cls_token)
         self.patch_embed = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size)
@@ -130,7 +132,7 @@ class UViT(nn.Module):
         B = x.shape[0]
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).expand(B) if torch.as_tensor(t).ndim == 0 else t
         patches = self.patch_embed(x).flatten(2).transpose(1, 2)          # (B, N, D)
-        time = self.time_embed(timestep_embedding(t, self.embed_dim))      # (B, D)
+        time = self.time_embed(timestep_embedding(t, self.embed_dim, scale=self.time_scale))  # (B, D)
         if not self.cond_slot and (c is not None or drop is not None):
             raise ValueError("this model has no condition slot (an unconditional official checkpoint): pass c=None")
         if self.per_patch(c):                                              # one condition per patch, added to it
@@ -192,29 +194,73 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 # %% ../nbs/02_uvit.ipynb #c020
-def from_official(sd: dict, num_heads: int | None = None, **overrides) -> UViT:
-    "A `UViT` holding the weights of an official U-ViT state dict `sd`"
+OFFICIAL = {  # width -> heads and schedule of baofff/U-ViT's released configs (configs/*.py, README)
+    512: dict(num_heads=8, schedule="vp"), 768: dict(num_heads=12, schedule="vp"),
+    1024: dict(num_heads=16, schedule="vp"), 1152: dict(num_heads=16, schedule="ddpm"),
+}
+TIME_SCALES = {"vp": 999.0, "ddpm": 1000.0}  # the official time input: 999 t (VP SDE), the step n = 1000 t (DDPM)
+
+def _official(width: int, what: str):
+    if width not in OFFICIAL:
+        raise ValueError(f"U-ViT width {width} is not a released config ({', '.join(map(str, OFFICIAL))}): "
+                         "pass num_heads and schedule ('vp': checkpoints of train.py or train_ldm.py; "
+                         "'ddpm': of train_ldm_discrete.py)")
+    return OFFICIAL[width][what]
+
+def official_heads(width: int) -> int:
+    "Attention heads of the official U-ViT of width `width`"
+    return _official(width, "num_heads")
+
+def official_schedule(width: int) -> str:
+    "Name of the path (`selfguide.paths`) the official U-ViT of width `width` was trained on: vp or ddpm"
+    return _official(width, "schedule")
+
+def from_official(sd: dict, num_heads: int | None = None, schedule: str | None = None, **overrides) -> UViT:
+    "A `UViT` with the weights of an official U-ViT state dict `sd`; `overrides` change its layout (e.g. a CLS token)"
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
     if "patch_embed.proj.weight" not in sd: raise KeyError("not an official U-ViT state dict: no 'patch_embed.proj.weight'")
     D, C, p, _ = sd["patch_embed.proj.weight"].shape
+    schedule = schedule or official_schedule(D)
+    if schedule not in TIME_SCALES: raise ValueError(f"schedule must be one of {', '.join(TIME_SCALES)}: {schedule!r}")
     cond = "label_emb.weight" in sd
     n_patches = sd["pos_embed"].shape[1] - (2 if cond else 1)
     kw = dict(img_size=int(round(n_patches ** 0.5)) * p, patch_size=p, in_chans=C, embed_dim=D,
               depth=2 * sum(1 for k in sd if k.startswith("in_blocks.") and k.endswith(".norm1.weight")),
-              num_heads=num_heads or max(1, D // 64), mlp_ratio=sd["mid_block.mlp.fc1.weight"].shape[0] / D,
+              num_heads=num_heads or official_heads(D), mlp_ratio=sd["mid_block.mlp.fc1.weight"].shape[0] / D,
               qkv_bias="mid_block.attn.qkv.bias" in sd, mlp_time_embed="time_embed.0.weight" in sd,
-              num_classes=sd["label_emb.weight"].shape[0] - 1 if cond else 0, conv="final_layer.weight" in sd, cond_slot=cond)
-    model = UViT(**{**kw, **overrides})
+              num_classes=sd["label_emb.weight"].shape[0] - 1 if cond else 0, conv="final_layer.weight" in sd,
+              cond_slot=cond, time_scale=TIME_SCALES[schedule])
+    model = UViT(**kw)
     ours = {k.replace("patch_embed.proj.", "patch_embed."): v for k, v in sd.items() if k not in ("pos_embed", "label_emb.weight")}
     pos = sd["pos_embed"]                                                  # (1, extras + N, D)
     ours["pos_embed"] = torch.cat([pos[:, 1:2], pos[:, 0:1], pos[:, 2:]], 1) if cond else pos  # [time, label, ...]
     if cond: ours["label_emb.weight"], ours["null_emb"] = sd["label_emb.weight"][:-1], sd["label_emb.weight"][-1:]
     else: ours["null_emb"] = model.null_emb.detach().clone()
     model.load_state_dict(ours)
-    return model
+    if not overrides: return model
+    dst = UViT(**{**kw, **overrides})
+    dst.load_state_dict(transfer_state(model, dst), strict=False)
+    return dst
 
-def load_official(path, num_heads: int | None = None, **overrides) -> UViT:
+def load_official(path, num_heads: int | None = None, schedule: str | None = None, **overrides) -> UViT:
     "`from_official` on a checkpoint file (e.g. U-ViT's `imagenet256_uvit_large.pth`)"
     from pathlib import Path
     if not Path(path).is_file(): raise FileNotFoundError(f"no U-ViT checkpoint at {path} (pass the path of an official .pth file)")
-    return from_official(torch.load(path, map_location="cpu", weights_only=True), num_heads, **overrides)
+    return from_official(torch.load(path, map_location="cpu", weights_only=True), num_heads, schedule, **overrides)
+
+# %% ../nbs/02_uvit.ipynb #c024
+def token_roles(model: UViT) -> list:
+    "Roles of the tokens before the patches, in order: time, cond (with a condition slot), cls (with a CLS token)"
+    return ["time"] + ["cond"] * bool(model.cond_slot) + ["cls"] * (model.cls_token is not None)
+
+def transfer_state(src: UViT, dst: UViT) -> dict:
+    "Tensors of `src` for `dst`: those whose name and shape match, and the position embeddings mapped by token role"
+    own = dst.state_dict()
+    out = {k: v.detach().clone() for k, v in src.state_dict().items()
+           if k != "pos_embed" and k in own and own[k].shape == v.shape}
+    if (src.num_patches, src.embed_dim) == (dst.num_patches, dst.embed_dim):
+        pos = src.pos_embed.detach()[0]                                    # (extras + N, D)
+        rows, fill = dict(zip(token_roles(src), pos[:src.extras])), pos[:src.extras].mean(0)  # fill: a role src lacks
+        extra = torch.stack([rows.get(r, fill) for r in token_roles(dst)])  # (dst.extras, D)
+        out["pos_embed"] = torch.cat([extra, pos[src.extras:]])[None].clone()
+    return out

@@ -51,3 +51,55 @@ def test_kmeans_finds_separated_clusters():
     x = centers[y] + torch.randn(500, 8, generator=g)
     assert cluster_scores(kmeans(x, 5), y.numpy())["nmi"] > 0.99
     with pytest.raises(ValueError, match="clusters"): kmeans(x[:3], 5)
+
+def _tiny_net():
+    from selfguide.uvit import build_uvit
+    torch.manual_seed(0)
+    return build_uvit("tiny", img_size=8, patch_size=4, in_chans=1, embed_dim=16, depth=2, num_heads=2)
+
+def test_feature_cache_keys_hold_data_content_path_and_seed(tmp_path, monkeypatch):
+    from selfguide import guidance
+    from selfguide.data import ImageDataset
+    net, g = _tiny_net(), torch.Generator().manual_seed(0)
+    a = ImageDataset(torch.randint(0, 256, (6, 1, 8, 8), generator=g, dtype=torch.uint8), torch.arange(6), "d")
+    b = ImageDataset(torch.randint(0, 256, (6, 1, 8, 8), generator=g, dtype=torch.uint8), torch.arange(6), "d")  # twin
+    calls = []
+    real = guidance.diffusion_features
+    monkeypatch.setattr(guidance, "diffusion_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    run = lambda data, **kw: guidance.cached_features("net", net, data, 1, 0.2, "mean", tmp_path, progress=False, **kw)
+    fa, fb = run(a), run(b)
+    run(a, seed=1); run(a, path="ddpm")
+    assert len(list((tmp_path / "features").glob("*.pt"))) == 4 and len(calls) == 4   # content, seed, path: new files
+    assert not torch.equal(fa, fb)
+    same = ImageDataset(a.images.clone(), a.labels.clone(), "other name")
+    assert torch.equal(run(same), fa) and len(calls) == 4                 # the same content: a cache hit
+
+def test_data_key_uses_identity_when_the_dataset_has_one():
+    from selfguide.guidance import data_key
+    class Lazy:
+        def __init__(self, root): self.root = root
+        def identity(self): return dict(root=self.root, n=100)
+    assert data_key(Lazy("/a")) == data_key(Lazy("/a")) != data_key(Lazy("/b"))
+    x = torch.zeros(3, 1, 4, 4, dtype=torch.uint8)
+    y = x.clone(); y[2, 0, 3, 3] = 1
+    assert data_key(x) == data_key(x.clone()) != data_key(y)          # one pixel changes the key
+
+def test_feature_size_guard_refuses_before_any_work(tmp_path):
+    net = _tiny_net()                                                  # readout patches: 4 tokens x 16 = 64 floats
+    huge = torch.zeros(1, 1, 8, 8, dtype=torch.uint8).expand(80_000_000, -1, -1, -1)  # 20 GB of features, no memory
+    with pytest.raises(ValueError, match="use readout 'token' or 'mean'"): diffusion_features(net, huge, 1, 0.2)
+    from selfguide.guidance import cached_features
+    with pytest.raises(ValueError, match="130 GB"): cached_features("net", net, huge, 1, 0.2, "patches", tmp_path)
+    assert not (tmp_path / "features").exists()
+
+def test_ddpm_features_read_the_input_noised_on_the_official_schedule():
+    from selfguide.paths import get_path
+    from selfguide.data import to_float
+    g = torch.Generator().manual_seed(1)
+    net, images = _tiny_net().eval(), torch.randint(0, 256, (5, 1, 8, 8), generator=g, dtype=torch.uint8)
+    f = diffusion_features(net, images, 1, 0.2, "mean", path="ddpm", seed=3, progress=False)
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(3))
+    t = torch.full((5,), 0.2)
+    with torch.no_grad(): ref = net.features(get_path("ddpm").x_t(to_float(images), noise, t), t, 1)["mean"]
+    assert torch.allclose(f, ref, atol=1e-6)
+    assert not torch.allclose(f, diffusion_features(net, images, 1, 0.2, "mean", path="cv", seed=3, progress=False))

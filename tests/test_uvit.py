@@ -29,15 +29,63 @@ def test_condition_errors_are_clear():
     with pytest.raises(ValueError, match="num_classes"): m(torch.randn(1, 1, 8, 8), torch.rand(1), torch.tensor([3]))
     with pytest.raises(ValueError, match="multiple of patch_size"): build_uvit("tiny", img_size=10, patch_size=4)
 
+TINY = dict(img_size=8, patch_size=2, in_chans=4, embed_dim=32, depth=4, num_heads=2)
+
+def official_sd(model: UViT) -> dict:
+    "`model`'s tensors in the official layout: [label, time, patches] positions, label table with the null row last"
+    sd = {k.replace("patch_embed.", "patch_embed.proj."): v for k, v in model.state_dict().items()
+          if k not in ("null_emb", "label_emb.weight")}
+    if model.num_classes:
+        sd["label_emb.weight"] = torch.cat([model.label_emb.weight, model.null_emb])
+        sd["pos_embed"] = torch.cat([model.pos_embed[:, 1:2], model.pos_embed[:, :1], model.pos_embed[:, 2:]], 1)
+    return sd
+
 def test_official_checkpoint_file_loads(tmp_path):
     from selfguide.uvit import load_official
     torch.manual_seed(0)
     src = UViT(img_size=8, patch_size=2, in_chans=4, embed_dim=32, depth=4, num_heads=2, num_classes=3)
-    sd = {k.replace("patch_embed.", "patch_embed.proj."): v for k, v in src.state_dict().items() if k not in ("null_emb", "label_emb.weight")}
-    sd["label_emb.weight"] = torch.randn(4, 32)                       # 3 classes + the null row, official layout
-    sd["pos_embed"] = torch.cat([src.pos_embed[:, 1:2], src.pos_embed[:, :1], src.pos_embed[:, 2:]], 1)  # [label, time, ...]
+    sd = official_sd(src)
     torch.save({"module." + k: v for k, v in sd.items()}, tmp_path / "uvit.pth")
-    m = load_official(tmp_path / "uvit.pth", num_heads=2)
+    m = load_official(tmp_path / "uvit.pth", num_heads=2, schedule="ddpm")
     assert (m.num_classes, m.num_blocks, m.in_chans, m.img_size) == (3, 5, 4, 8)
     assert torch.equal(m.null_emb, sd["label_emb.weight"][-1:]) and torch.equal(m.pos_embed, src.pos_embed)
     with pytest.raises(FileNotFoundError, match="checkpoint"): load_official(tmp_path / "missing.pth")
+    with pytest.raises(ValueError, match="pass num_heads"): load_official(tmp_path / "uvit.pth")  # width 32: unknown
+
+def test_official_heads_and_schedule_by_width():
+    "U-ViT-H (1152 wide) has 16 heads of 72 channels, not 1152 // 64 = 18, and was trained on the DDPM schedule"
+    from selfguide.uvit import from_official, official_heads, official_schedule
+    assert [official_heads(w) for w in (512, 768, 1024, 1152)] == [8, 12, 16, 16]
+    assert [official_schedule(w) for w in (512, 768, 1024, 1152)] == ["vp", "vp", "vp", "ddpm"]
+    with torch.device("meta"):                                        # shapes only: no memory for 500M parameters
+        h = from_official(official_sd(build_uvit("uvit_h", num_classes=1000)))
+        l = from_official(official_sd(build_uvit("uvit_l", num_classes=1000)))
+    assert (h.mid_block.attn.num_heads, h.depth, h.num_classes, h.time_scale) == (16, 28, 1000, 1000.0)  # n = 1000 t
+    assert (l.mid_block.attn.num_heads, l.time_scale) == (16, 999.0)                                  # VP SDE: 999 t
+    with pytest.raises(ValueError, match="pass num_heads"): official_heads(1000)
+
+def test_cls_token_on_official_init_keeps_the_official_positions(tmp_path):
+    from selfguide.uvit import load_official, transfer_state
+    torch.manual_seed(0)
+    src = UViT(img_size=8, patch_size=2, in_chans=4, embed_dim=32, depth=4, num_heads=2, num_classes=3)
+    with torch.no_grad(): src.pos_embed.normal_()                     # positions that matter, as trained ones do
+    torch.save(official_sd(src), tmp_path / "uvit.pth")
+    ref = load_official(tmp_path / "uvit.pth", num_heads=2, schedule="ddpm")
+    m = load_official(tmp_path / "uvit.pth", num_heads=2, schedule="ddpm", use_cls_token=True)
+    assert m.extras == 3 and m.cls_token is not None
+    assert torch.equal(m.pos_embed[:, :2], ref.pos_embed[:, :2])      # time and condition rows
+    assert torch.equal(m.pos_embed[:, 3:], ref.pos_embed[:, 2:])      # patch rows
+    assert torch.allclose(m.pos_embed[0, 2], ref.pos_embed[0, :2].mean(0))  # CLS row: mean of the non-patch rows
+    assert torch.equal(m.in_blocks[0].attn.qkv.weight, ref.in_blocks[0].attn.qkv.weight)
+    assert torch.equal(m.null_emb, ref.null_emb)
+    x, t, drop = torch.randn(16, 4, 8, 8), torch.rand(16), torch.ones(16, dtype=torch.bool)
+    with torch.no_grad():
+        v, err = ref(x, t, drop=drop), (m(x, t, drop=drop) - ref(x, t, drop=drop)).norm()
+        assert m.features(x, t, 2, drop=drop)["token"].shape == (16, 32)
+        fresh = UViT(**{**TINY, "num_classes": 3}, use_cls_token=True)   # the same weights, position rows left random
+        fresh.load_state_dict({k: v for k, v in m.state_dict().items() if k != "pos_embed"}, strict=False)
+        assert err < 0.5 * (fresh(x, t, drop=drop) - v).norm()        # the mapped rows keep the official function
+    un, dst = UViT(**TINY, cond_slot=False), UViT(**TINY, num_classes=7, use_cls_token=True)
+    pos = transfer_state(un, dst)["pos_embed"]                        # unconditional source: cond, CLS rows = time row
+    assert torch.equal(pos[0, 0], un.pos_embed[0, 0]) and torch.equal(pos[0, 1], un.pos_embed[0, 0])
+    assert torch.equal(pos[:, 3:], un.pos_embed[:, 1:])
