@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 # %% auto #0
 __all__ = ['DIGITS_TEST', 'FASHION_MNIST_ROOT', 'IMAGE_SUFFIXES', 'DATASETS', 'DATASET_ALIASES', 'FILE_DATASETS', 'to_float',
            'to_uint8', 'ImageDataset', 'resize_uint8', 'load_digits', 'read_idx', 'load_fashion_mnist', 'load_npz',
-           'load_folder', 'load_image', 'load_latents', 'load_dataset', 'clean_batches', 'cache_root']
+           'load_folder', 'load_image', 'load_latents', 'load_dataset', 'clean_batches', 'cache_root', 'data_key']
 
 # %% ../nbs/00_data.ipynb #c005
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -205,3 +205,10 @@ def clean_batches(data, n_max: int | None = None, batch_size: int = 256, indices
 def cache_root(cache_dir=None) -> Path:
     "The cache folder: `cache_dir`, else $SELFGUIDE_CACHE, else ~/.cache/selfguide"
     return Path(cache_dir or os.environ.get("SELFGUIDE_CACHE") or "~/.cache/selfguide").expanduser()
+
+def data_key(data) -> str:
+    "A 12-hex content key of a dataset (from its `identity()`) or of an image tensor, for the names of derived caches"
+    if hasattr(data, "identity"): return hashlib.sha1(repr(data.identity()).encode()).hexdigest()[:12]
+    h = hashlib.sha1(f"{tuple(data.shape)} {data.dtype}".encode())
+    h.update(data.detach().cpu().contiguous().numpy().reshape(-1).view(np.uint8))
+    return h.hexdigest()[:12]

@@ -10,14 +10,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
-from .data import ImageDataset, to_float, cache_root
+from .data import ImageDataset, to_float, cache_root, data_key, clean_batches
 from .paths import get_path
 
 # %% auto #0
 __all__ = ['GUIDANCE_MODES', 'PLANNED_MODES', 'LABELLED_MODES', 'ONLINE_MODES', 'READOUTS', 'MAX_FEATURE_BYTES', 'check_guidance',
-           'condition_slot', 'batch_condition', 'sample_conditions', 'diffusion_features', 'data_key',
-           'cached_features', 'file_key', 'kmeans', 'cluster_scores', 'assignment_stats', 'load_encoder',
-           'encoder_features']
+           'condition_slot', 'batch_condition', 'sample_conditions', 'diffusion_features', 'cached_features',
+           'file_key', 'kmeans', 'cluster_scores', 'assignment_stats', 'load_encoder', 'encoder_features']
 
 # %% ../nbs/04_guidance.ipynb #c005
 GUIDANCE_MODES = ("none", "class", "offline", "external", "online", "online_patch")
@@ -71,29 +70,20 @@ def _check_feature_size(model, n: int, readout: str):
 @torch.no_grad()
 def diffusion_features(model, data, layer: int, t: float, readout: str = "patches", path: str = "cv", seed: int = 0,
                        batch_size: int = 256, progress: bool = True) -> torch.Tensor:
-    "Features (N, F) of `data` (ImageDataset or uint8 (N, C, H, W)) at block `layer` and time `t` on `path`"
-    images = data.images if isinstance(data, ImageDataset) else data
-    _check_feature_size(model, len(images), readout)
+    "Features (N, F) of `data` (any dataset or uint8 (N, C, H, W); see `clean_batches`) at block `layer`, time `t`"
+    _check_feature_size(model, len(data), readout)
     dev, p, model = next(model.parameters()).device, get_path(path), model.eval()
     null = model.num_classes > 0 or model.cond_dim > 0  # trained with CFG: read features under the null condition
     gen, out = torch.Generator().manual_seed(seed), []
-    for xb in tqdm(images.split(batch_size), desc=f"features l={layer} t={t}", disable=not progress, leave=False):
-        x0 = to_float(xb).to(dev)                                                   # (B, C, H, W)
+    for x0 in tqdm(clean_batches(data, batch_size=batch_size), desc=f"features l={layer} t={t}", disable=not progress,
+                   leave=False):
+        x0 = x0.to(dev)                                                             # (B, C, H, W)
         noise = torch.randn(x0.shape, generator=gen).to(dev)
         tb = torch.full((len(x0),), float(t), device=dev)
         drop = torch.ones(len(x0), dtype=torch.bool, device=dev) if null else None
         f = model.features(p.x_t(x0, noise, tb), tb, layer, drop=drop)[readout]     # (B, D) or (B, N, D)
         out.append(f.flatten(1).float().cpu())
     return torch.cat(out)                                                           # (N, F)
-
-def data_key(data) -> str:
-    "A short content key of `data`: its `identity()` when it has one, else a hash of its images (and labels)"
-    if hasattr(data, "identity"): return hashlib.sha1(repr(data.identity()).encode()).hexdigest()[:12]
-    images = data.images if isinstance(data, ImageDataset) else data
-    h = hashlib.sha1(f"{tuple(images.shape)} {images.dtype}".encode())
-    h.update(images.detach().cpu().contiguous().numpy().reshape(-1).view(np.uint8))
-    if isinstance(data, ImageDataset): h.update(data.labels.cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:12]
 
 def cached_features(key: str, model, data, layer: int, t: float, readout: str = "patches", cache_dir=None,
                     path: str = "cv", seed: int = 0, **kw) -> torch.Tensor:

@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
-from .data import cache_root, resize_uint8, to_float, to_uint8
+from .data import cache_root, resize_uint8, to_float, to_uint8, data_key
 
 # %% auto #0
-__all__ = ['FORMAT', 'load_vae', 'vae_scale', 'data_identity', 'vae_identity', 'encode', 'read_index', 'LatentFolder',
-           'draw_latents', 'decode', 'latent_cache', 'encode_cached']
+__all__ = ['FORMAT', 'load_vae', 'vae_scale', 'vae_identity', 'encode', 'read_index', 'LatentFolder', 'draw_latents', 'decode',
+           'latent_cache', 'encode_cached']
 
 # %% ../nbs/00b_latents.ipynb #c006
 def _vae_dir(vae_dir) -> Path:
@@ -36,13 +36,6 @@ def vae_scale(vae) -> float:
     return float(vae.config.scaling_factor)
 
 # %% ../nbs/00b_latents.ipynb #c010
-def data_identity(data) -> str:
-    "A dataset's own `identity()`, else a hash of its name, images and labels"
-    if callable(getattr(data, "identity", None)): return str(data.identity())
-    h = hashlib.sha1(str(getattr(data, "name", "")).encode())
-    for a in (data.images, data.labels): h.update(a.contiguous().numpy().tobytes())
-    return h.hexdigest()
-
 def vae_identity(vae_dir) -> str:
     "A hash of the VAE's config.json and the size and time of its weight files"
     p = _vae_dir(vae_dir)
@@ -133,7 +126,7 @@ def encode(data, vae_dir, out_dir, image_size=None, batch_size=32, shard_size=10
     cfg = json.loads((vdir / "config.json").read_text())
     h = size // 2 ** (len(cfg["block_out_channels"]) - 1)
     plan = dict(format=FORMAT, n=n, shard_size=shard_size, image_size=size, name=str(getattr(data, "name", "")),
-                identity=data_identity(data), vae=str(vdir.resolve()), vae_identity=vae_identity(vdir),
+                identity=data_key(data), vae=str(vdir.resolve()), vae_identity=vae_identity(vdir),
                 scale_factor=float(cfg.get("scaling_factor", 0.18215)), latent_shape=[cfg["latent_channels"], h, h],
                 dtype=dtype)
     index, n_shards = _resume(out, plan), -(-n // shard_size)
@@ -223,7 +216,7 @@ def decode(vae, z: torch.Tensor, scale: float | None = None, batch_size: int = 1
 # %% ../nbs/00b_latents.ipynb #c026
 def latent_cache(data, vae_dir, image_size=None, cache_dir=None) -> Path:
     "The cache folder of `data` encoded by the VAE in `vae_dir` at `image_size`"
-    key = json.dumps([data_identity(data), vae_identity(vae_dir), _size(data, image_size)])
+    key = json.dumps([data_key(data), vae_identity(vae_dir), _size(data, image_size)])
     return cache_root(cache_dir) / "latents" / hashlib.sha1(key.encode()).hexdigest()[:16]
 
 def encode_cached(data, vae_dir, image_size=None, cache_dir=None, **kw) -> LatentFolder:

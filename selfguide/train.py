@@ -14,7 +14,7 @@ from tqdm import tqdm
 from .data import ImageDataset
 from .latents import draw_latents
 from .paths import get_path
-from .uvit import build_uvit, count_params, load_official
+from .uvit import build_uvit, count_params, load_official, official_schedule, transfer_state
 from .config import TrainConfig, resolve_config
 from .guidance import (check_guidance, condition_slot, batch_condition, cached_features, file_key, kmeans,
                                 cluster_scores, load_encoder, encoder_features, ONLINE_MODES)
@@ -110,20 +110,21 @@ def build_model(cfg: TrainConfig, shape, num_classes: int) -> torch.nn.Module:
 
 # %% ../nbs/05_train.ipynb #c016
 def load_init(init, device="cpu"):
-    "(model, cache key, path name) of `init`: a run folder (EMA weights) or an official U-ViT .pth (DDPM schedule)"
+    "(model, cache key, path name) of `init`: a run folder (EMA weights) or an official U-ViT .pth (its own schedule)"
     p = Path(init)
     if p.is_dir():
         model, cfg = load_run(p, device=device)
         return model, file_key(p / "checkpoints" / "last.pt"), cfg.path
-    if p.is_file(): return load_official(p).to(device).eval(), file_key(p), "ddpm"  # noised on its own schedule
+    if p.is_file():                                                       # noised on its own schedule (VP or DDPM)
+        model = load_official(p)
+        return model.to(device).eval(), file_key(p), official_schedule(model.embed_dim)
     raise FileNotFoundError(f"--init {init}: neither a run folder nor a checkpoint file")
 
-def init_weights_from(model, state: dict) -> list:
-    "Copy the tensors of `state` whose name and shape match `model`'s; returns the names left as they were"
-    own = model.state_dict()
-    take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+def init_weights_from(model, src) -> list:
+    "Copy `src`'s tensors that fit `model` (position rows mapped by token role); returns the names left as they were"
+    take = transfer_state(src, model)
     model.load_state_dict(take, strict=False)
-    return sorted(set(own) - set(take))
+    return sorted(set(model.state_dict()) - set(take))
 
 def cluster_conditions(cfg, data, device, init=None) -> tuple[object, dict]:
     "The training set with k-means cluster ids as labels, and the clusters' statistics; `init` is `load_init`'s result"
@@ -131,9 +132,9 @@ def cluster_conditions(cfg, data, device, init=None) -> tuple[object, dict]:
         if init is None: raise ValueError("guidance='offline' needs init (--init): a trained run folder or an official U-ViT checkpoint to take features from")
         src, key, path = init
         layer = src.num_blocks // 2 if cfg.feature_layer is None else cfg.feature_layer
-        feats = cached_features(f"{key}_{cfg.dataset}{len(data)}", src, data, layer, cfg.feature_t, cfg.feature_readout,
+        feats = cached_features(f"{key}_{cfg.dataset}", src, data, layer, cfg.feature_t, cfg.feature_readout,
                                 cfg.cache_dir, path=path, seed=cfg.seed)
-        info = dict(source=str(cfg.init), layer=layer, t=cfg.feature_t, readout=cfg.feature_readout)
+        info = dict(source=str(cfg.init), layer=layer, t=cfg.feature_t, readout=cfg.feature_readout, path=path)
     else:
         feats = encoder_features(load_encoder(cfg.encoder, cfg.encoder_weights, device), data)
         info = dict(source=cfg.encoder, weights=str(cfg.encoder_weights))
@@ -170,7 +171,7 @@ def train(**config) -> Path:
     torch.manual_seed(cfg.seed); np.random.seed(cfg.seed); random.seed(cfg.seed)  # the initial weights
     model = build_model(cfg, data.shape, num_classes).to(device)
     if init is not None and not ckpt_path.exists():
-        fresh = init_weights_from(model, init[0].state_dict())
+        fresh = init_weights_from(model, init[0])
         print(f"initialised from {cfg.init}; fresh: {', '.join(fresh) or 'nothing'}")
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     if online: del ema.bootstrap  # m* uses the EMA backbone with the trained head and prototypes (Eq. 16)
