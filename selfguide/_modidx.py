@@ -139,6 +139,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'selfguide.metrics.inception_reference': ('metrics.html#inception_reference', 'selfguide/metrics.py'),
                                    'selfguide.metrics.knn_radii': ('metrics.html#knn_radii', 'selfguide/metrics.py'),
                                    'selfguide.metrics.load_classifier': ('metrics.html#load_classifier', 'selfguide/metrics.py'),
+                                   'selfguide.metrics.load_reference': ('metrics.html#load_reference', 'selfguide/metrics.py'),
                                    'selfguide.metrics.precision_recall': ('metrics.html#precision_recall', 'selfguide/metrics.py'),
                                    'selfguide.metrics.train_classifier': ('metrics.html#train_classifier', 'selfguide/metrics.py'),
                                    'selfguide.metrics.train_test': ('metrics.html#train_test', 'selfguide/metrics.py')},
