@@ -2,6 +2,8 @@
 
 d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_url': '', 'lib_path': 'selfguide'},
   'syms': { 'selfguide.cli': { 'selfguide.cli._add_config_options': ('cli.html#_add_config_options', 'selfguide/cli.py'),
+                               'selfguide.cli._init_distributed': ('cli.html#_init_distributed', 'selfguide/cli.py'),
+                               'selfguide.cli.default_n': ('cli.html#default_n', 'selfguide/cli.py'),
                                'selfguide.cli.evaluate': ('cli.html#evaluate', 'selfguide/cli.py'),
                                'selfguide.cli.main': ('cli.html#main', 'selfguide/cli.py'),
                                'selfguide.cli.parser': ('cli.html#parser', 'selfguide/cli.py'),

@@ -16,7 +16,7 @@ from .train import autocast
 
 # %% auto #0
 __all__ = ['FIXED_STEP', 'ADAPTIVE', 'SOLVERS', 'cfg_velocity', 'SampleResult', 'sample_generator', 'prior_noise', 'rank_chunks',
-           'merge_results', 'sample', 'gather_ranks', 'prototype_conditions']
+           'gather_ranks', 'merge_results', 'sample', 'prototype_conditions']
 
 # %% ../nbs/06_sample.ipynb #c005
 def cfg_velocity(model, x, t, c=None, g: float = 0.0):
@@ -75,6 +75,21 @@ def rank_chunks(n: int, batch_size: int, rank: int = 0, world: int = 1) -> range
     start = rank * per + min(rank, extra)
     return range(start, start + per + (rank < extra))
 
+# %% ../nbs/06_sample.ipynb #c012b
+def _rank_world() -> tuple[int, int]:
+    "(rank, world size) of the initialised torch.distributed group; (0, 1) without one"
+    d = torch.distributed
+    return (d.get_rank(), d.get_world_size()) if d.is_available() and d.is_initialized() else (0, 1)
+
+def gather_ranks(obj, dst: int | None = None) -> list | None:
+    "`obj` of every rank in rank order: on every rank (`dst=None`), or on rank `dst` and None elsewhere; [obj] alone"
+    rank, world = _rank_world()
+    if world == 1: return [obj]
+    out = [None] * world if dst is None or rank == dst else None
+    if dst is None: torch.distributed.all_gather_object(out, obj)
+    else: torch.distributed.gather_object(obj, out, dst=dst)
+    return out
+
 # %% ../nbs/06_sample.ipynb #c010
 def merge_results(parts: list[SampleResult]) -> SampleResult:
     "One result from blocks in index order: samples and estimates concatenated, NFE the mean over all their chunks"
@@ -98,8 +113,9 @@ def sample(model, n: int, c=None, g: float = 0.4, solver: str = "dopri5", steps:
     if c is not None:
         c = torch.as_tensor(c)
         if len(c) != n: raise ValueError(f"c has {len(c)} conditions for {n} samples")
-    rank, world = _rank_world() if distributed else (0, 1)
-    chunks = rank_chunks(n, batch_size, rank, world) if chunks is None or distributed else chunks
+    rank, world = _rank_world()                                            # (0, 1) without a process group
+    if distributed: chunks = rank_chunks(n, batch_size, rank, world)       # this rank's block of chunks
+    elif chunks is None: chunks = rank_chunks(n, batch_size)               # all of them
     model.eval()
     parts = []
     for k in tqdm(chunks, desc=f"sample {solver}", disable=not progress or rank > 0 or len(chunks) <= 1):
@@ -120,21 +136,6 @@ def sample(model, n: int, c=None, g: float = 0.4, solver: str = "dopri5", steps:
     if distributed: r = merge_results(gather_ranks(r))                      # every rank: the one-process result
     r.c = None if c is None else c[r.start:r.start + len(r.x)]
     return r
-
-# %% ../nbs/06_sample.ipynb #c012b
-def _rank_world() -> tuple[int, int]:
-    "(rank, world size) of the initialised torch.distributed group; (0, 1) without one"
-    d = torch.distributed
-    return (d.get_rank(), d.get_world_size()) if d.is_available() and d.is_initialized() else (0, 1)
-
-def gather_ranks(obj, dst: int | None = None) -> list | None:
-    "`obj` of every rank in rank order: on every rank (`dst=None`), or on rank `dst` and None elsewhere; [obj] alone"
-    rank, world = _rank_world()
-    if world == 1: return [obj]
-    out = [None] * world if dst is None or rank == dst else None
-    if dst is None: torch.distributed.all_gather_object(out, obj)
-    else: torch.distributed.gather_object(obj, out, dst=dst)
-    return out
 
 # %% ../nbs/06_sample.ipynb #c016
 def prototype_conditions(model, n: int, prototype: int | None = None, query=None, counts=None, data=None,
