@@ -43,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
     _add_config_options(sub.add_parser("train", help="train a model; writes a run folder"))
     s = sub.add_parser("sample", help="draw samples from a run into an .npz")
     s.add_argument("--run", required=True, help="run folder written by `selfguide train`")
-    s.add_argument("--n", type=int, default=None, help=f"number of samples (default: {PAPER_N} for paper-scale runs, else 100)")
+    s.add_argument("--n", type=int, default=None, help=f"samples (default: {PAPER_N} for paper-scale runs, else 100)")
     s.add_argument("--solver", default="dopri5", choices=SOLVERS)
     s.add_argument("--steps", type=int, default=50, help="steps of fixed-step solvers and the SDE")
     s.add_argument("--g", type=float, default=0.4, help="guidance strength (Eq. 17)")
@@ -62,9 +62,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", default=None, help="reference dataset (default with --run: the run's)")
     e.add_argument("--data-root", default=None)
     e.add_argument("--inception", default=None, help=f"local Inception weights for FID/IS (or set {INCEPTION_ENV})")
-    e.add_argument("--reference-stats", default=None, help="FID against this .npz of Inception mu and sigma (U-ViT's or ADM's "
-                   "fid_stats files) instead of statistics computed from the data (cached)")
-    e.add_argument("--n", type=int, default=None, help=f"samples to draw with --run (default: {PAPER_N} for paper-scale runs, else 1000)")
+    e.add_argument("--reference-stats", default=None, help="FID against this .npz of Inception mu and sigma (U-ViT's or "
+                   "ADM's fid_stats files) instead of statistics computed from the data (cached)")
+    e.add_argument("--n", type=int, default=None, help=f"samples to draw with --run ({PAPER_N} at paper scale, else 1000)")
     e.add_argument("--solver", default="dopri5", choices=SOLVERS); e.add_argument("--steps", type=int, default=50)
     e.add_argument("--g", type=float, default=0.4); e.add_argument("--seed", type=int, default=0)
     e.add_argument("--rtol", type=float, default=1e-5); e.add_argument("--atol", type=float, default=1e-5)
@@ -84,7 +84,7 @@ def parser() -> argparse.ArgumentParser:
 # %% ../nbs/09_cli.ipynb #c007
 def sample_run(run, n=None, solver="dopri5", steps=50, g=0.4, cls=None, rtol=1e-5, atol=1e-5, seed=0, batch_size=500,
                device="auto", out=None, prototype=None, query=None, vae=None) -> dict | None:
-    "Sample `n` images from the run folder `run` (split across ranks); write them to `out` (.npz) on rank 0; None elsewhere"
+    "Sample `n` images from the run folder `run`, split across ranks; rank 0 writes them to `out` (.npz); None elsewhere"
     model, cfg = load_run(run, device=device)
     n = n or default_n(cfg.dataset, 100)
     vae = vae or cfg.vae
@@ -115,7 +115,7 @@ def sample_run(run, n=None, solver="dopri5", steps=50, g=0.4, cls=None, rtol=1e-
     r = sample(model, n, c=c, g=g, solver=solver, steps=steps, rtol=rtol, atol=atol, path=cfg.path, seed=seed,
                batch_size=batch_size, amp=cfg.amp, chunks=rank_chunks(n, batch_size, rank, world))  # this rank's block
     dev = next(model.parameters()).device
-    images = None if not len(r.x) else to_uint8(r.x) if vae is None else decode(load_vae(vae, dev), r.x)  # (m, C, H, W) uint8
+    images = None if not len(r.x) else to_uint8(r.x) if vae is None else decode(load_vae(vae, dev), r.x)  # (m, C, H, W)
     parts = gather_ranks((None if images is None else images.permute(0, 2, 3, 1).numpy(), r.chunk_nfe), dst=0)
     if parts is None: return None                                            # rank > 0: rank 0 holds and writes them
     nfes = [k for _, ks in parts for k in ks]
@@ -139,30 +139,31 @@ def evaluate(samples=None, run=None, dataset=None, data_root=None, inception=Non
         n = n or default_n(params.get("dataset"), 1000)
         dataset, data_root = dataset or params.get("dataset"), data_root or params.get("data_root")
         if dataset == "latents" and ref is None:
-            raise ValueError(f"{run} trained on a latents folder: pass --dataset and --data-root of the images it encodes, "
-                             "or --reference-stats")
+            raise ValueError(f"{run} trained on a latents folder: pass --dataset and --data-root of the images it "
+                             "encodes, or --reference-stats")
         res = sample_run(run, n, solver, steps, g, None, rtol, atol, seed, batch_size, device=device)
-        if res is None: return None                                         # rank > 0: rank 0 scores the gathered samples
+        if res is None: return None                                         # rank > 0: rank 0 scores the samples
         images = res["images"]
     else:
-        if dataset is None and ref is None: raise ValueError("--dataset is needed with --samples (which data the samples imitate)")
+        if dataset is None and ref is None:
+            raise ValueError("--dataset is needed with --samples (which data the samples imitate)")
         if not Path(samples).exists(): raise FileNotFoundError(f"no samples file {samples} (--samples)")
         if rank > 0: return None                                            # nothing to share: rank 0 scores
         images = np.load(samples)["images"]
     m = evaluate_samples(images, dataset, data_root, inception, cache_dir, device=device, reference=ref)
     if run is not None:
-        update_manifest(run, metrics=m, evaluation=dict(n=n, solver=solver, steps=steps, g=g, seed=seed, rtol=rtol, atol=atol,
-                        batch_size=batch_size, processes=world, reference_stats=reference_stats and str(reference_stats),
-                        seconds=round(time.time() - t0, 1)))
+        ev = dict(n=n, solver=solver, steps=steps, g=g, seed=seed, rtol=rtol, atol=atol, batch_size=batch_size,
+                  processes=world, reference_stats=None if ref is None else str(reference_stats))
+        update_manifest(run, metrics=m, evaluation=ev | dict(seconds=round(time.time() - t0, 1)))
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True); Path(out).write_text(json.dumps(m, indent=2) + "\n")
     return m
 
 def _init_distributed() -> bool:
-    "Join the process group of torchrun / accelerate launch (WORLD_SIZE > 1 in the environment); True when this call made it"
+    "Join the process group of torchrun or accelerate launch (WORLD_SIZE > 1 in the environment); True when this made it"
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized(): return False
     if torch.cuda.is_available(): torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")  # env://: the launcher's rendezvous
+    torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")  # env://, the launcher's
     return True
 
 def main(argv=None):
@@ -171,7 +172,7 @@ def main(argv=None):
     cmd = a.pop("command")
     if cmd == "train": print(train(**a))
     elif cmd in ("sample", "evaluate"):
-        made = _init_distributed()                                           # under a launcher: the ranks share the samples
+        made = _init_distributed()                                           # under a launcher: ranks share the samples
         try:
             res = sample_run(**a) if cmd == "sample" else evaluate(**a)
             if res is not None and cmd == "sample":

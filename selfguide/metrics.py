@@ -222,9 +222,9 @@ def inception_reference(extractor, dataset: str, data_root=None, image_size: int
 def load_reference(path) -> dict:
     "Inception statistics `mu` (D,) and `sigma` (D, D) from an .npz (U-ViT's and ADM's fid_stats files, our cache)"
     p = Path(path).expanduser()
-    if not p.is_file(): raise FileNotFoundError(f"no reference statistics at {p} (--reference-stats: an .npz with mu and sigma)")
-    with np.load(p) as z:                                                   # lazy: other arrays (ADM's images) stay unread
-        if not {"mu", "sigma"} <= set(z.files): raise ValueError(f"{p} holds {z.files}, not mu and sigma (--reference-stats)")
+    if not p.is_file(): raise FileNotFoundError(f"no reference statistics at {p} (--reference-stats: .npz of mu, sigma)")
+    with np.load(p) as z:                                                   # lazy: ADM's images stay unread
+        if not {"mu", "sigma"} <= set(z.files): raise ValueError(f"{p} holds {z.files}, not mu, sigma (--reference-stats)")
         mu, sigma = z["mu"].astype(np.float64), z["sigma"].astype(np.float64)
     if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
         raise ValueError(f"{p}: mu {mu.shape} and sigma {sigma.shape} are not (D,) and (D, D) (--reference-stats)")
@@ -235,8 +235,8 @@ def inception_metrics(extractor, images, ref: dict, progress: bool = True) -> di
     from torch_fidelity.metric_isc import isc_features_to_metric
     pool, logits = inception_features(extractor, images, progress=progress)
     if len(ref["mu"]) != pool.shape[1]:
-        raise ValueError(f"the reference statistics have {len(ref['mu'])} features, the Inception network {pool.shape[1]}: "
-                         "use statistics of the same network (--reference-stats, --inception)")
+        raise ValueError(f"the reference statistics have {len(ref['mu'])} features, the Inception network "
+                         f"{pool.shape[1]}: use statistics of the same network (--reference-stats, --inception)")
     isc = isc_features_to_metric(logits, splits=10)
     return {"fid": frechet_distance(*feature_stats(pool), ref["mu"], ref["sigma"]),
             "is": isc["inception_score_mean"], "is_std": isc["inception_score_std"]}
@@ -245,13 +245,13 @@ def inception_metrics(extractor, images, ref: dict, progress: bool = True) -> di
 from .guidance import cluster_scores, assignment_stats  # noqa: F401  defined with the clusters they score (the trainer and online guidance need them too)
 
 # %% ../nbs/07_metrics.ipynb #c038
-def evaluate_samples(images, dataset: str | None, data_root=None, inception=None, cache_dir=None, k: int = 5, seed: int = 0,
-                     device="cpu", progress: bool = True, reference=None) -> dict:
-    "Offline classifier metrics of samples with their real floor, plus FID (against `reference` stats or the data) and IS"
+def evaluate_samples(images, dataset: str | None, data_root=None, inception=None, cache_dir=None, k: int = 5,
+                     seed: int = 0, device="cpu", progress: bool = True, reference=None) -> dict:
+    "Offline classifier metrics of samples beside their real floor, plus FID (against `reference` or the data) and IS"
     extractor = inception if callable(inception) else check_inception(inception)  # fail before any work
     ref = None if reference is None else reference if isinstance(reference, dict) else load_reference(reference)
     if ref is not None and extractor is None:
-        raise ValueError(f"reference statistics are Inception's: pass --inception PATH (or set {INCEPTION_ENV}) for FID")
+        raise ValueError(f"reference statistics are Inception's: pass --inception PATH (or set {INCEPTION_ENV})")
     x = as_images(images)
     if x.shape[1] not in (1, 3):
         raise ValueError(f"samples have {x.shape[1]} channels, like raw latents: decode them through the run's VAE "

@@ -156,7 +156,7 @@ def test_reference_stats_file_replaces_the_data(standin, sets, tmp_path, monkeyp
 def test_reference_stats_errors_name_the_option(standin, sets, tmp_path):
     with pytest.raises(FileNotFoundError, match="--reference-stats"): M.load_reference(tmp_path / "none.npz")
     np.savez(tmp_path / "images.npz", arr_0=np.zeros((2, 4, 4, 3), np.uint8))
-    with pytest.raises(ValueError, match="not mu and sigma"): M.load_reference(tmp_path / "images.npz")
+    with pytest.raises(ValueError, match="not mu, sigma"): M.load_reference(tmp_path / "images.npz")
     np.savez(tmp_path / "wide.npz", mu=np.zeros(2048), sigma=np.eye(2048))
     with pytest.raises(ValueError, match="2048 features, the Inception network 16"):
         M.evaluate_samples(sets["real"][:20], "lsun", inception=standin, reference=tmp_path / "wide.npz", progress=False)
