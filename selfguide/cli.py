@@ -4,23 +4,29 @@
 
 # %% ../nbs/09_cli.ipynb #c002
 from __future__ import annotations
-import argparse, json
+import argparse, json, os, time
 from dataclasses import fields
 from pathlib import Path
 import numpy as np
 import torch
-from .data import to_uint8, load_image, load_dataset
+from .data import to_uint8, load_image, load_dataset, FILE_DATASETS, DATASET_ALIASES
 from .guidance import sample_conditions, ONLINE_MODES
 from .config import TrainConfig, training_data
 from .latents import encode, load_vae, decode
 from .train import train, load_run, update_manifest, read_manifest
-from .sample import sample, SOLVERS, prototype_conditions
-from .metrics import evaluate_samples, check_inception, INCEPTION_ENV
+from .sample import sample, SOLVERS, prototype_conditions, rank_chunks, gather_ranks, _rank_world
+from .metrics import evaluate_samples, check_inception, load_reference, INCEPTION_ENV
 
 # %% auto #0
-__all__ = ['parser', 'sample_run', 'evaluate', 'main']
+__all__ = ['PAPER_N', 'default_n', 'parser', 'sample_run', 'evaluate', 'main']
 
 # %% ../nbs/09_cli.ipynb #c005
+PAPER_N = 10_000  # samples for FID at paper scale (Sec. 5.1)
+
+def default_n(dataset: str | None, small: int) -> int:
+    "Samples to draw by default from a run trained on `dataset`: `PAPER_N` for the paper's datasets, else `small`"
+    return PAPER_N if DATASET_ALIASES.get(dataset, dataset) in (*FILE_DATASETS, "latents") else small
+
 _TYPES = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float, "str | None": str}
 
 def _add_config_options(p: argparse.ArgumentParser, cls=TrainConfig):
@@ -37,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
     _add_config_options(sub.add_parser("train", help="train a model; writes a run folder"))
     s = sub.add_parser("sample", help="draw samples from a run into an .npz")
     s.add_argument("--run", required=True, help="run folder written by `selfguide train`")
-    s.add_argument("--n", type=int, default=100, help="number of samples")
+    s.add_argument("--n", type=int, default=None, help=f"samples (default: {PAPER_N} for paper-scale runs, else 100)")
     s.add_argument("--solver", default="dopri5", choices=SOLVERS)
     s.add_argument("--steps", type=int, default=50, help="steps of fixed-step solvers and the SDE")
     s.add_argument("--g", type=float, default=0.4, help="guidance strength (Eq. 17)")
@@ -56,10 +62,13 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", default=None, help="reference dataset (default with --run: the run's)")
     e.add_argument("--data-root", default=None)
     e.add_argument("--inception", default=None, help=f"local Inception weights for FID/IS (or set {INCEPTION_ENV})")
-    e.add_argument("--n", type=int, default=1000, help="samples to draw with --run")
+    e.add_argument("--reference-stats", default=None, help="FID against this .npz of Inception mu and sigma (U-ViT's or "
+                   "ADM's fid_stats files) instead of statistics computed from the data (cached)")
+    e.add_argument("--n", type=int, default=None, help=f"samples to draw with --run ({PAPER_N} at paper scale, else 1000)")
     e.add_argument("--solver", default="dopri5", choices=SOLVERS); e.add_argument("--steps", type=int, default=50)
     e.add_argument("--g", type=float, default=0.4); e.add_argument("--seed", type=int, default=0)
     e.add_argument("--rtol", type=float, default=1e-5); e.add_argument("--atol", type=float, default=1e-5)
+    e.add_argument("--batch-size", type=int, default=500, help="samples per chunk (dopri5's samples depend on it)")
     e.add_argument("--device", default="auto"); e.add_argument("--cache-dir", default=None, help="classifier and statistics cache")
     e.add_argument("--out", default=None, help="write the metrics to this .json")
     c = sub.add_parser("encode", help="SD-VAE moments of a dataset (and of its flips) into shards for --dataset latents")
@@ -73,10 +82,11 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../nbs/09_cli.ipynb #c007
-def sample_run(run, n=100, solver="dopri5", steps=50, g=0.4, cls=None, rtol=1e-5, atol=1e-5, seed=0, batch_size=500,
-               device="auto", out=None, prototype=None, query=None, vae=None) -> dict:
-    "Sample `n` images from the run folder `run`; write them to `out` (.npz) when given"
+def sample_run(run, n=None, solver="dopri5", steps=50, g=0.4, cls=None, rtol=1e-5, atol=1e-5, seed=0, batch_size=500,
+               device="auto", out=None, prototype=None, query=None, vae=None) -> dict | None:
+    "Sample `n` images from the run folder `run`, split across ranks; rank 0 writes them to `out` (.npz); None elsewhere"
     model, cfg = load_run(run, device=device)
+    n = n or default_n(cfg.dataset, 100)
     vae = vae or cfg.vae
     if vae is None and model.in_chans not in (1, 3):
         raise ValueError(f"{run} was trained on {model.in_chans}-channel latents and records no VAE: pass --vae DIR to decode")
@@ -101,46 +111,75 @@ def sample_run(run, n=100, solver="dopri5", steps=50, g=0.4, cls=None, rtol=1e-5
         if c is None: raise ValueError(f"--class needs a class- or cluster-guided run; {run} was trained with guidance={cfg.guidance!r}")
         if not 0 <= cls < model.num_classes: raise ValueError(f"--class must be in [0, {model.num_classes - 1}], got {cls}")
         c = labels = torch.full((n,), cls)
+    rank, world = _rank_world()                                              # (0, 1) without a launcher
     r = sample(model, n, c=c, g=g, solver=solver, steps=steps, rtol=rtol, atol=atol, path=cfg.path, seed=seed,
-               batch_size=batch_size, amp=cfg.amp)
-    images = to_uint8(r.x) if vae is None else decode(load_vae(vae, r.x.device), r.x)  # (N, C, H, W) uint8
-    res = dict(images=images.permute(0, 2, 3, 1).numpy(), labels=labels.numpy(), nfe=np.array(r.nfe), **extra)
+               batch_size=batch_size, amp=cfg.amp, chunks=rank_chunks(n, batch_size, rank, world))  # this rank's block
+    dev = next(model.parameters()).device
+    images = None if not len(r.x) else to_uint8(r.x) if vae is None else decode(load_vae(vae, dev), r.x)  # (m, C, H, W)
+    parts = gather_ranks((None if images is None else images.permute(0, 2, 3, 1).numpy(), r.chunk_nfe), dst=0)
+    if parts is None: return None                                            # rank > 0: rank 0 holds and writes them
+    nfes = [k for _, ks in parts for k in ks]
+    res = dict(images=np.concatenate([p for p, _ in parts if p is not None]), labels=labels.numpy(),
+               nfe=np.array(sum(nfes) / len(nfes)), **extra)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(out, **res)
     return res
 
 # %% ../nbs/09_cli.ipynb #c009
-def evaluate(samples=None, run=None, dataset=None, data_root=None, inception=None, n=1000, solver="dopri5", steps=50,
-             g=0.4, seed=0, rtol=1e-5, atol=1e-5, device="auto", cache_dir=None, out=None) -> dict:
-    "Metrics of the samples in an .npz (`samples`) or of `n` fresh samples from a run folder (`run`)"
+def evaluate(samples=None, run=None, dataset=None, data_root=None, inception=None, n=None, solver="dopri5", steps=50,
+             g=0.4, seed=0, rtol=1e-5, atol=1e-5, device="auto", cache_dir=None, out=None, reference_stats=None,
+             batch_size=500) -> dict | None:
+    "Metrics of the samples in an .npz (`samples`) or of `n` fresh samples from a run folder (`run`); None on ranks > 0"
     check_inception(inception)  # fail before any sampling
+    ref = None if reference_stats is None else load_reference(reference_stats)
+    t0, (rank, world) = time.time(), _rank_world()
     if run is not None:
         params = read_manifest(run).get("params", {})  # the run's dataset, without loading its model twice
+        n = n or default_n(params.get("dataset"), 1000)
         dataset, data_root = dataset or params.get("dataset"), data_root or params.get("data_root")
-        if dataset == "latents":
-            raise ValueError(f"{run} trained on a latents folder: pass --dataset and --data-root of the images it encodes")
-        images = sample_run(run, n, solver, steps, g, None, rtol, atol, seed, device=device)["images"]
+        if dataset == "latents" and ref is None:
+            raise ValueError(f"{run} trained on a latents folder: pass --dataset and --data-root of the images it "
+                             "encodes, or --reference-stats")
+        res = sample_run(run, n, solver, steps, g, None, rtol, atol, seed, batch_size, device=device)
+        if res is None: return None                                         # rank > 0: rank 0 scores the samples
+        images = res["images"]
     else:
-        if dataset is None: raise ValueError("--dataset is needed with --samples (which data the samples imitate)")
+        if dataset is None and ref is None:
+            raise ValueError("--dataset is needed with --samples (which data the samples imitate)")
         if not Path(samples).exists(): raise FileNotFoundError(f"no samples file {samples} (--samples)")
+        if rank > 0: return None                                            # nothing to share: rank 0 scores
         images = np.load(samples)["images"]
-    m = evaluate_samples(images, dataset, data_root, inception, cache_dir, device=device)
+    m = evaluate_samples(images, dataset, data_root, inception, cache_dir, device=device, reference=ref)
     if run is not None:
-        update_manifest(run, metrics=m, evaluation=dict(n=n, solver=solver, steps=steps, g=g, seed=seed, rtol=rtol, atol=atol))
+        ev = dict(n=n, solver=solver, steps=steps, g=g, seed=seed, rtol=rtol, atol=atol, batch_size=batch_size,
+                  processes=world, reference_stats=None if ref is None else str(reference_stats))
+        update_manifest(run, metrics=m, evaluation=ev | dict(seconds=round(time.time() - t0, 1)))
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True); Path(out).write_text(json.dumps(m, indent=2) + "\n")
     return m
+
+def _init_distributed() -> bool:
+    "Join the process group of torchrun or accelerate launch (WORLD_SIZE > 1 in the environment); True when this made it"
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized(): return False
+    if torch.cuda.is_available(): torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")  # env://, the launcher's
+    return True
 
 def main(argv=None):
     "Entry point of the `selfguide` command"
     a = vars(parser().parse_args(argv))
     cmd = a.pop("command")
     if cmd == "train": print(train(**a))
-    elif cmd == "sample":
-        res = sample_run(**a)
-        print(f"wrote {len(res['images'])} samples ({res['nfe']:.0f} evaluations each) to {a['out']}")
-    elif cmd == "evaluate": print(json.dumps(evaluate(**a), indent=2))
+    elif cmd in ("sample", "evaluate"):
+        made = _init_distributed()                                           # under a launcher: ranks share the samples
+        try:
+            res = sample_run(**a) if cmd == "sample" else evaluate(**a)
+            if res is not None and cmd == "sample":
+                print(f"wrote {len(res['images'])} samples ({res['nfe']:.0f} evaluations each) to {a['out']}")
+            elif res is not None: print(json.dumps(res, indent=2))
+        finally:
+            if made: torch.distributed.destroy_process_group()
     elif cmd == "encode":
         data = load_dataset(a["dataset"], a["data_root"], a["image_size"])
         out = encode(data, a["vae"], a["out"], a["image_size"], batch_size=a["batch_size"], shard_size=a["shard_size"],

@@ -18,7 +18,7 @@ from .train import resolve_device
 __all__ = ['INCEPTION_ENV', 'as_images', 'feature_stats', 'frechet_distance', 'knn_radii', 'precision_recall', 'classifier_score',
            'FeatureClassifier', 'embed', 'train_classifier', 'train_test', 'load_classifier', 'classifier_metrics',
            'check_inception', 'clean_resize', 'InceptionFeatures', 'inception_features', 'inception_reference',
-           'inception_metrics', 'evaluate_samples']
+           'load_reference', 'inception_metrics', 'evaluate_samples']
 
 # %% ../nbs/07_metrics.ipynb #c005
 def as_images(x) -> torch.Tensor:
@@ -219,10 +219,24 @@ def inception_reference(extractor, dataset: str, data_root=None, image_size: int
         np.savez(path.with_suffix(".tmp.npz"), **ref); os.replace(path.with_suffix(".tmp.npz"), path)
     return ref
 
+def load_reference(path) -> dict:
+    "Inception statistics `mu` (D,) and `sigma` (D, D) from an .npz (U-ViT's and ADM's fid_stats files, our cache)"
+    p = Path(path).expanduser()
+    if not p.is_file(): raise FileNotFoundError(f"no reference statistics at {p} (--reference-stats: .npz of mu, sigma)")
+    with np.load(p) as z:                                                   # lazy: ADM's images stay unread
+        if not {"mu", "sigma"} <= set(z.files): raise ValueError(f"{p} holds {z.files}, not mu, sigma (--reference-stats)")
+        mu, sigma = z["mu"].astype(np.float64), z["sigma"].astype(np.float64)
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
+        raise ValueError(f"{p}: mu {mu.shape} and sigma {sigma.shape} are not (D,) and (D, D) (--reference-stats)")
+    return dict(mu=mu, sigma=sigma)
+
 def inception_metrics(extractor, images, ref: dict, progress: bool = True) -> dict:
     "FID (clean-fid's Frechet distance) against `ref` statistics and IS (torch-fidelity, 10 splits) of uint8 images"
     from torch_fidelity.metric_isc import isc_features_to_metric
     pool, logits = inception_features(extractor, images, progress=progress)
+    if len(ref["mu"]) != pool.shape[1]:
+        raise ValueError(f"the reference statistics have {len(ref['mu'])} features, the Inception network "
+                         f"{pool.shape[1]}: use statistics of the same network (--reference-stats, --inception)")
     isc = isc_features_to_metric(logits, splits=10)
     return {"fid": frechet_distance(*feature_stats(pool), ref["mu"], ref["sigma"]),
             "is": isc["inception_score_mean"], "is_std": isc["inception_score_std"]}
@@ -231,21 +245,25 @@ def inception_metrics(extractor, images, ref: dict, progress: bool = True) -> di
 from .guidance import cluster_scores, assignment_stats  # noqa: F401  defined with the clusters they score (the trainer and online guidance need them too)
 
 # %% ../nbs/07_metrics.ipynb #c038
-def evaluate_samples(images, dataset: str, data_root=None, inception=None, cache_dir=None, k: int = 5, seed: int = 0,
-                     device="cpu", progress: bool = True) -> dict:
-    "Offline classifier metrics of samples with their real floor, plus FID and IS when Inception weights are given"
+def evaluate_samples(images, dataset: str | None, data_root=None, inception=None, cache_dir=None, k: int = 5,
+                     seed: int = 0, device="cpu", progress: bool = True, reference=None) -> dict:
+    "Offline classifier metrics of samples beside their real floor, plus FID (against `reference` or the data) and IS"
     extractor = inception if callable(inception) else check_inception(inception)  # fail before any work
+    ref = None if reference is None else reference if isinstance(reference, dict) else load_reference(reference)
+    if ref is not None and extractor is None:
+        raise ValueError(f"reference statistics are Inception's: pass --inception PATH (or set {INCEPTION_ENV})")
     x = as_images(images)
     if x.shape[1] not in (1, 3):
         raise ValueError(f"samples have {x.shape[1]} channels, like raw latents: decode them through the run's VAE "
                          f"(selfguide sample does for latent runs) and score images; metrics on latents mean nothing")
-    if dataset == "latents":
-        raise ValueError("the reference must be images: pass the dataset the latents were encoded from (--dataset, --data-root)")
-    if dataset in FILE_DATASETS:                                            # paper scale: FID and IS only
+    if ref is None and dataset in ("latents", None):
+        raise ValueError("the reference must be images: pass the dataset the samples imitate (--dataset, --data-root) "
+                         "or its statistics (--reference-stats)")
+    if dataset in (*FILE_DATASETS, "latents", None):                        # paper scale: FID and IS only
         if extractor is None: raise ValueError(f"{dataset!r} is read from files, too large for the offline classifier "
                                                f"metrics: pass --inception PATH (or set {INCEPTION_ENV}) for FID and IS")
         extractor = extractor if callable(extractor) else InceptionFeatures(extractor, device)
-        ref = inception_reference(extractor, dataset, data_root, x.shape[-1], "train", cache_dir, progress)
+        ref = ref or inception_reference(extractor, dataset, data_root, x.shape[-1], "train", cache_dir, progress)
         return dict(n_samples=len(x)) | inception_metrics(extractor, x, ref, progress)
     train, test = train_test(dataset, data_root)
     size = None if x.shape[-1] == test.shape[-1] else x.shape[-1]  # None: the dataset's own size (one cache entry)
@@ -263,6 +281,6 @@ def evaluate_samples(images, dataset: str, data_root=None, inception=None, cache
                          f"pass --inception PATH (or set {INCEPTION_ENV}) for FID and IS")
     if extractor is not None:
         extractor = extractor if callable(extractor) else InceptionFeatures(extractor, device)
-        ref = inception_reference(extractor, dataset, data_root, size, "train", cache_dir, progress)
+        ref = ref or inception_reference(extractor, dataset, data_root, size, "train", cache_dir, progress)
         out |= inception_metrics(extractor, x, ref, progress)
     return out

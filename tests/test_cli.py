@@ -49,3 +49,42 @@ def test_evaluate_fails_on_missing_inception_before_sampling(tiny_run, tmp_path,
 def test_evaluate_samples_needs_a_dataset(tmp_path):
     np.savez(tmp_path / "s.npz", images=np.zeros((10, 16, 16, 1), np.uint8))
     with pytest.raises(ValueError, match="--dataset"): main(["evaluate", "--samples", str(tmp_path / "s.npz")])
+
+def test_paper_scale_runs_draw_10000_samples_by_default(tmp_path, monkeypatch):
+    import json, selfguide.cli as cli
+    from selfguide.cli import default_n
+    assert parser().parse_args(["evaluate", "--run", "x"]).n is None and parser().parse_args(["sample", "--run", "x", "--out", "y"]).n is None
+    assert [default_n(d, 1000) for d in ("lsun", "lsun_churches", "imagenet", "imagenet100", "latents", "digits", None)] == \
+           [10_000] * 5 + [1000] * 2
+    (tmp_path / "manifest.json").write_text(json.dumps({"params": {"dataset": "imagenet100"}}))
+    seen = {}
+    monkeypatch.setattr(cli, "sample_run", lambda run, n, *a, **k: seen.setdefault("n", n) and None)  # a rank > 0
+    assert main(["evaluate", "--run", str(tmp_path), "--dataset", "digits"]) is None and seen["n"] == 10_000
+
+def _standin_inception(path):
+    import warnings, torch, torch.nn as nn
+    class StandIn(nn.Module):  # clean-fid's TorchScript interface (`layers`, `output`) with 16 random features
+        def __init__(self):
+            super().__init__()
+            self.layers, self.output = nn.Sequential(nn.AdaptiveAvgPool2d(6), nn.Flatten(), nn.Linear(108, 16)), nn.Linear(16, 10)
+        def forward(self, x): return self.output(self.layers(x))
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(StandIn()), path)
+    return path
+
+def test_evaluate_with_reference_stats_needs_no_data(tmp_path, capsys):
+    import json
+    inc = _standin_inception(tmp_path / "standin.pt")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "s.npz", images=rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8))
+    np.savez(tmp_path / "fid_stats_lsun_churches.npz", mu=np.zeros(16), sigma=np.eye(16))
+    for dataset in (["--dataset", "lsun"], []):                           # LSUN's statistics without LSUN's images
+        main(["evaluate", "--samples", str(tmp_path / "s.npz"), *dataset, "--inception", str(inc),
+              "--reference-stats", str(tmp_path / "fid_stats_lsun_churches.npz"), "--cache-dir", str(tmp_path / "cache")])
+        m = json.loads(capsys.readouterr().out)
+        assert set(m) == {"n_samples", "fid", "is", "is_std"} and np.isfinite(m["fid"]) and m["n_samples"] == 12
+    assert not (tmp_path / "cache").exists()                            # nothing computed from data, nothing cached
+    with pytest.raises(FileNotFoundError, match="--reference-stats"):
+        main(["evaluate", "--samples", str(tmp_path / "s.npz"), "--inception", str(inc), "--reference-stats", str(tmp_path / "no.npz")])

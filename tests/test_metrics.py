@@ -141,3 +141,25 @@ def test_torch_fidelity_weights_file_loads(tmp_path, sets):
     inc = M.InceptionFeatures(tmp_path / "weights-inception.pth")
     pool, logits = inc(sets["real"][:2])
     assert inc.kind == "torch-fidelity" and pool.shape == (2, 2048) and logits.shape == (2, 1008)
+
+def test_reference_stats_file_replaces_the_data(standin, sets, tmp_path, monkeypatch):
+    inc = M.InceptionFeatures(standin)
+    pool = M.inception_features(inc, sets["real"], progress=False)[0]
+    np.savez(tmp_path / "fid_stats.npz", mu=pool.mean(0) + 1, sigma=np.cov(pool, rowvar=False))  # U-ViT's keys
+    monkeypatch.setattr(M, "load_dataset", mock.Mock(side_effect=AssertionError("statistics computed from the data")))
+    for dataset in ("lsun", "latents", None):                            # paper scale: no data, no cache needed
+        r = M.evaluate_samples(sets["real"], dataset, inception=standin, reference=tmp_path / "fid_stats.npz",
+                               cache_dir=tmp_path / "empty", progress=False)
+        assert set(r) == {"n_samples", "fid", "is", "is_std"} and r["fid"] == pytest.approx(16.0, rel=1e-6)  # |mu shift|^2
+    assert not (tmp_path / "empty").exists()
+
+def test_reference_stats_errors_name_the_option(standin, sets, tmp_path):
+    with pytest.raises(FileNotFoundError, match="--reference-stats"): M.load_reference(tmp_path / "none.npz")
+    np.savez(tmp_path / "images.npz", arr_0=np.zeros((2, 4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match="not mu, sigma"): M.load_reference(tmp_path / "images.npz")
+    np.savez(tmp_path / "wide.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    with pytest.raises(ValueError, match="2048 features, the Inception network 16"):
+        M.evaluate_samples(sets["real"][:20], "lsun", inception=standin, reference=tmp_path / "wide.npz", progress=False)
+    with pytest.raises(ValueError, match="--inception"):
+        M.evaluate_samples(sets["real"][:20], "lsun", reference=tmp_path / "wide.npz")
+    with pytest.raises(ValueError, match="--reference-stats"): M.evaluate_samples(sets["real"][:20], None, inception=standin)

@@ -1,6 +1,7 @@
 import pytest, torch
 from selfguide.uvit import build_uvit
-from selfguide.sample import sample, cfg_velocity, FIXED_STEP
+from selfguide.sample import sample, cfg_velocity, FIXED_STEP, rank_chunks, merge_results, prior_noise
+from selfguide.paths import get_path
 
 @pytest.fixture(scope="module")
 def model():
@@ -36,3 +37,23 @@ def test_trajectory_estimates(model):
     r = sample(model, 2, solver="euler", steps=4, return_estimates=True)
     assert [round(t, 2) for t, _ in r.estimates] == [1.0, 0.75, 0.5, 0.25]
     assert r.estimates[0][1].shape == (2, 1, 8, 8)
+
+def test_rank_chunks_cover_every_chunk_once_in_order():
+    for n, bs, world in [(10, 3, 2), (10, 3, 3), (2000, 500, 3), (5, 500, 4), (10_000, 500, 16)]:
+        blocks = [rank_chunks(n, bs, r, world) for r in range(world)]
+        assert [k for b in blocks for k in b] == list(range(-(-n // bs)))
+        assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
+
+def test_a_samples_noise_depends_on_seed_and_index_only():
+    x = prior_noise(get_path("cv"), (1, 4, 4), 5, range(7))[0]
+    assert torch.equal(prior_noise(get_path("cv"), (1, 4, 4), 5, [6, 2])[0], x[[6, 2]])
+
+@pytest.mark.parametrize("solver", ["euler", "euler_maruyama", "dopri5"])
+def test_blocks_of_chunks_merge_into_the_one_call_result(model, solver):
+    kw = dict(c=torch.arange(10) % 3, seed=1, solver=solver, steps=3, rtol=1e-3, atol=1e-3, batch_size=3)
+    whole = sample(model, 10, **kw)
+    for world in (2, 3):
+        parts = [sample(model, 10, chunks=rank_chunks(10, 3, r, world), **kw) for r in range(world)]
+        merged = merge_results(parts)
+        assert torch.equal(merged.x, whole.x) and merged.nfe == whole.nfe and merged.chunk_nfe == whole.chunk_nfe
+        assert torch.equal(torch.cat([p.c for p in parts]), kw["c"])
