@@ -5,10 +5,12 @@
 # %% ../nbs/05_train.ipynb #c002
 from __future__ import annotations
 import copy, json, os, platform, random, statistics, subprocess, time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 from .data import ImageDataset
@@ -18,10 +20,12 @@ from .uvit import build_uvit, count_params, load_official, official_schedule, tr
 from .config import TrainConfig, resolve_config
 from .guidance import (check_guidance, condition_slot, batch_condition, cached_features, file_key, kmeans,
                                 cluster_scores, load_encoder, encoder_features, ONLINE_MODES)
-from .online import build_bootstrap, sk_views, sk_objective, sk_weight, assign, assign_images, prototype_stats
+from .online import build_bootstrap, sk_views, sk_objective, sk_weight, assign_images, prototype_stats
+from .distributed import (init_distributed, world_size, rank, is_main, rank_rows, micro_batch, pad_rows,
+                                   all_mean, local_main_first, global_batchnorm)
 
 # %% auto #0
-__all__ = ['step_generator', 'StepBatchSampler', 'ema_update', 'ema_decay_at', 'lr_at', 'resolve_device', 'autocast',
+__all__ = ['LOG_EVERY', 'step_generator', 'StepBatchSampler', 'ema_update', 'ema_decay_at', 'lr_at', 'resolve_device', 'autocast',
            'git_revision', 'read_manifest', 'update_manifest', 'save_checkpoint', 'build_model', 'load_init',
            'init_weights_from', 'cluster_conditions', 'train', 'load_run']
 
@@ -32,17 +36,17 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 class StepBatchSampler(torch.utils.data.Sampler):
     "Index batches for steps `start`..`stop-1`: epoch-wise permutations seeded by (seed, epoch), last partial batch dropped"
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int):
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int, rank: int = 0, world_size: int = 1):
         if batch_size > n: raise ValueError(f"batch_size {batch_size} is larger than the dataset ({n} images)")
         self.n, self.bs, self.seed, self.start, self.stop = n, batch_size, seed, start, stop
-        self.per_epoch = n // batch_size
+        self.per_epoch, self.rows = n // batch_size, rank_rows(batch_size, rank, world_size)  # rank r of W: its rows
     def __len__(self): return max(0, self.stop - self.start)
     def __iter__(self):
         epoch, perm = None, None
         for step in range(self.start, self.stop):
             e, i = divmod(step, self.per_epoch)
             if e != epoch: epoch, perm = e, torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + e))
-            yield perm[i * self.bs:(i + 1) * self.bs].tolist()
+            yield perm[i * self.bs:(i + 1) * self.bs][self.rows].tolist()  # global batch i, this rank's rows
 
 # %% ../nbs/05_train.ipynb #c011
 @torch.no_grad()
@@ -146,7 +150,8 @@ def cluster_conditions(cfg, data, device, init=None) -> tuple[object, dict]:
     return out, info
 
 # %% ../nbs/05_train.ipynb #c018
-_RESUMABLE = {"steps", "resume", "ckpt_every", "num_workers", "device", "out_dir"}  # may change across a resume
+_RESUMABLE = {"steps", "resume", "ckpt_every", "num_workers", "device", "out_dir", "grad_accum", "compile"}  # may change on resume
+LOG_EVERY = 25  # steps between loss read-outs: the loop's only wait for the device
 
 def _online_stats(model, ema, data, cfg, path) -> dict:
     "Prototype statistics of the EMA network over the first `monitor_images` training images"
@@ -154,27 +159,54 @@ def _online_stats(model, ema, data, cfg, path) -> dict:
     labels = data.labels[:len(idx)].numpy() if (data.labels >= 0).all() else None
     return prototype_stats(idx, cfg.clusters, labels)
 
+def _to(x, device):
+    "`x` on `device` without waiting (pinned memory, non-blocking copy on CUDA); None stays None"
+    if x is None or device.type != "cuda": return None if x is None else x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
+
+@torch.no_grad()
+def _m_star(boot, ema, x0, noise, path) -> torch.Tensor:
+    "`assign` with its noise given (this rank's rows of the global batch's draw): m* (Eq. 16), (b,) or (b, N)"
+    t = torch.full((len(x0),), boot.t_s, device=x0.device)
+    was = boot.training; boot.eval()
+    idx = boot.scores(boot.head(boot.feature(ema, path.x_t(x0, noise, t), t))).argmax(1)  # (R,)
+    boot.train(was)
+    return idx.view(len(x0), -1) if boot.patch else idx
+
+class _Step(torch.nn.Module):
+    "One micro-batch's network calls as one forward, so that DDP sees every parameter the losses use"
+    def __init__(self, net, **sk): super().__init__(); self.net, self.sk = net, sk
+    def forward(self, x_t, t, c, drop, views=None):
+        pred = self.net(x_t, t, c, drop)                                             # (b, C, H, W)
+        return pred, (sk_objective(self.net.bootstrap, self.net, views, **self.sk) if views else None)
+
 def train(**config) -> Path:
     "Train a model with the options in `config` over its dataset's recipe (`selfguide.config`); returns the run folder"
-    device = resolve_device(config.get("device", "auto"))
-    cfg, data, recipe = resolve_config(config, device)
+    device = init_distributed(resolve_device(config.get("device", "auto")))  # under torchrun / accelerate: this rank's GPU
+    with local_main_first(): cfg, data, recipe = resolve_config(config, device)  # each node's first rank fills the caches
+    W, B, main = world_size(), cfg.batch_size, is_main()                          # B: the global batch; rank 0 writes
+    mb, rows = micro_batch(B, W, cfg.grad_accum), rank_rows(B)                    # rows per micro-batch, this rank's rows
     out, latent = Path(cfg.out_dir), getattr(data, "moments", False)     # latent: items are VAE moments (2, 2C, h, w)
     check_guidance(cfg.guidance, data.num_classes)
     online = cfg.guidance in ONLINE_MODES
+    if online and W > 1 and cfg.sk_mask and cfg.sk_sinkhorn == "masked":
+        raise ValueError("sk_sinkhorn='masked' runs in one process only (a rank without masked rows would stall Sinkhorn's "
+                         "all_reduce): use --sk-sinkhorn batch")
     start, losses, sk_losses, monitor, ckpt_path = 0, [], [], [], out / "checkpoints" / "last.pt"
     init = load_init(cfg.init, device) if cfg.init is not None else None  # (model, cache key, path): loaded once
     clusters, num_classes = {}, data.num_classes
     if cfg.guidance in ("offline", "external"):
-        data, clusters = cluster_conditions(cfg, data, device, init)
+        with local_main_first(): data, clusters = cluster_conditions(cfg, data, device, init)
         num_classes = cfg.clusters
     path = get_path(cfg.path)
     torch.manual_seed(cfg.seed); np.random.seed(cfg.seed); random.seed(cfg.seed)  # the initial weights
     model = build_model(cfg, data.shape, num_classes).to(device)
     if init is not None and not ckpt_path.exists():
         fresh = init_weights_from(model, init[0])
-        print(f"initialised from {cfg.init}; fresh: {', '.join(fresh) or 'nothing'}")
+        if main: print(f"initialised from {cfg.init}; fresh: {', '.join(fresh) or 'nothing'}")
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     if online: del ema.bootstrap  # m* uses the EMA backbone with the trained head and prototypes (Eq. 16)
+    if W > 1: global_batchnorm(model)                                     # the head's BatchNorm over the global batch
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     if ckpt_path.exists() and cfg.resume:
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
@@ -184,67 +216,87 @@ def train(**config) -> Path:
         model.load_state_dict(ck["model"]); ema.load_state_dict(ck["ema"]); opt.load_state_dict(ck["opt"])
         start, losses, sk_losses, monitor = ck["step"], ck["losses"], ck.get("sk_losses", []), ck.get("monitor", [])
         torch.set_rng_state(ck["rng"]["torch"]); np.random.set_state(ck["rng"]["numpy"]); random.setstate(ck["rng"]["python"])
+    if cfg.compile: model.compile()                                       # in place: parameter names stay as they are
+    net = _Step(model, stopgrad=cfg.sk_stopgrad, epsilon=cfg.sk_epsilon, n_iters=cfg.sk_iters,
+                temperature=cfg.sk_temperature, form=cfg.sk_form)
+    if W > 1: net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None,
+                        find_unused_parameters=True)  # the condition slot rests in warm-up, the null without guidance
 
     def checkpoint(step):
         save_checkpoint(ckpt_path, model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=step,
                         losses=losses, sk_losses=sk_losses, monitor=monitor, config=asdict(cfg),
                         rng=dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate()))
 
+    def read_losses(step):                        # steps since the last read-out: means over ranks, one synchronisation
+        nonlocal pending, tick
+        if not pending: return
+        vals = all_mean(torch.stack(pending)).tolist()                                   # (k, 3): loss, SK loss, total
+        for i, (_, _, tot) in enumerate(vals):
+            if not np.isfinite(tot): raise FloatingPointError(f"loss is {tot} at step {step + 1 - len(vals) + i}; lower lr or enable grad_clip")
+        losses.extend(v[0] for v in vals); sk_losses.extend(v[1] for v in vals if online)
+        now = time.perf_counter(); step_s.append((now - tick) / len(vals)); tick, pending = now, []
+        bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4f}", **({"sk": f"{np.nanmean(sk_losses[-25:]):.3f}"} if online else {}))
+
     warm_end = int(np.ceil(cfg.sk_sigma * cfg.steps)) if online else 0    # Alg. 1: warm-up while step / N < sigma
-    loader = DataLoader(data, batch_sampler=StepBatchSampler(len(data), cfg.batch_size, cfg.seed, start, cfg.steps),
+    loader = DataLoader(data, batch_sampler=StepBatchSampler(len(data), B, cfg.seed, start, cfg.steps, rank(), W),
                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
-    step_s, t_start = [], time.perf_counter()
+    pending, step_s, steps_run, t_start = [], [], 0, time.perf_counter()
+    tick, nan = t_start, torch.full((), float("nan"), device=device)
     bar = tqdm(loader, initial=start, total=cfg.steps, desc=f"train {cfg.dataset}/{cfg.guidance}", mininterval=2,
-               disable=cfg.steps - start < 1)
+               disable=cfg.steps - start < 1 or not main)
+    chunks = [slice(j * mb, (j + 1) * mb) for j in range(cfg.grad_accum)]     # micro-batches of this rank's rows
     model.train()
-    for step, (x0, y) in enumerate(bar, start=start):
-        t0 = time.perf_counter()
+    for step, (x0, y) in enumerate(bar, start=start):    # x0, y: this rank's rows (b, ...); draws: the global batch's
         g = step_generator(cfg.seed, step)
-        x0, y = x0.to(device, non_blocking=True), y.to(device, non_blocking=True)  # (B, C, H, W), (B,)
-        if latent: x0 = draw_latents(x0, data.scale, g)                             # z from the moments, random flip
-        noise = torch.randn(x0.shape, generator=g).to(device)                       # (B, C, H, W)
-        t = path.sample_t(len(x0), generator=g, device=device)                      # (B,)
-        if not online: c, drop = batch_condition(cfg.guidance, y, cfg.p_drop, generator=g)
+        if latent: x0 = draw_latents(pad_rows(x0, B, rows), data.scale, g)[rows]    # z from the moments, random flip
+        noise, t, m_noise = torch.randn((B, *x0.shape[1:]), generator=g), path.sample_t(B, generator=g), None  # (B, C, H, W), (B,)
+        if not online: c, drop = batch_condition(cfg.guidance, pad_rows(y, B, rows), cfg.p_drop, generator=g)
         elif step < warm_end: c, drop = None, None                                  # warm-up: the zero condition
-        else:                                                                       # m* of the EMA network, or null
-            drop = (torch.rand(len(x0), generator=g) < cfg.p_drop).to(device)
-            c = model.bootstrap.condition(assign(model.bootstrap, ema, x0, path, g))
+        else: c, drop, m_noise = None, torch.rand(B, generator=g) < cfg.p_drop, torch.randn(noise.shape, generator=g)
+        views = sk_views(pad_rows(x0, B, rows), t, noise, path, cfg.feature_t, cfg.sk_mask, cfg.sk_two_view, g, cfg.sk_sinkhorn) if online else []
+        x0, (noise, t, c, drop, m_noise) = _to(x0, device), (None if v is None else _to(v[rows], device) for v in (noise, t, c, drop, m_noise))
+        views = [tuple(None if v is None else _to(v[rows], device) for v in view) for view in views]
+        if m_noise is not None:                                                     # m* of the EMA network, or null
+            c = model.bootstrap.condition(torch.cat([_m_star(model.bootstrap, ema, x0[s], m_noise[s], path) for s in chunks]))
         for grp in opt.param_groups: grp["lr"] = lr_at(step, cfg.lr, cfg.warmup_steps)
-        with autocast(device, cfg.amp):
-            pred = model(path.x_t(x0, noise, t), t, c, drop)                        # (B, C, H, W)
-            l_sk = sk_objective(model.bootstrap, model, sk_views(x0, t, noise, path, cfg.feature_t, cfg.sk_mask, cfg.sk_two_view, g, cfg.sk_sinkhorn),
-                                cfg.sk_stopgrad, cfg.sk_epsilon, cfg.sk_iters, cfg.sk_temperature, cfg.sk_form) if online else None
-        loss = path.loss(pred, x0, noise, t)
-        total = loss if l_sk is None else loss + sk_weight(step, cfg.steps, cfg.sk_sigma, cfg.sk_warmup_weight) * l_sk.float()
+        w_sk, loss_sum = sk_weight(step, cfg.steps, cfg.sk_sigma, cfg.sk_warmup_weight), 0.0
         opt.zero_grad(set_to_none=True)
-        total.backward()
+        for s in chunks:                                  # the SK loss once, over all of this rank's rows, in the last
+            last = s is chunks[-1]
+            with net.no_sync() if W > 1 and not last else nullcontext():               # DDP all-reduces at the last
+                with autocast(device, cfg.amp):
+                    pred, l_sk = net(path.x_t(x0[s], noise[s], t[s]), t[s], None if c is None else c[s],
+                                     None if drop is None else drop[s], views if last else None)  # (mb, C, H, W)
+                loss = path.loss(pred, x0[s], noise[s], t[s])
+                (loss / len(chunks) + (0 if l_sk is None else w_sk * l_sk.float())).backward()
+            loss_sum = loss_sum + loss.detach()
         if cfg.grad_clip > 0: torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         decay = 0.0 if step < warm_end else ema_decay_at(step - warm_end, cfg.ema_decay, cfg.ema_warmup)  # EMA opens after warm-up
         ema_update(ema, model, decay)
-        losses.append(loss.item())
-        if online: sk_losses.append(float("nan") if l_sk is None else l_sk.item())
-        if not np.isfinite(total.item()): raise FloatingPointError(f"loss is {total.item()} at step {step}; lower lr or enable grad_clip")
-        step_s.append(time.perf_counter() - t0)
-        if online and (step + 1 == warm_end or (cfg.monitor_every and (step + 1) % cfg.monitor_every == 0)) and step + 1 < cfg.steps:
+        loss, sk = loss_sum / len(chunks), nan if l_sk is None else l_sk.detach().float()
+        pending.append(torch.stack([loss, sk, loss if l_sk is None else loss + w_sk * sk])); steps_run += 1
+        if main and online and (step + 1 == warm_end or (cfg.monitor_every and (step + 1) % cfg.monitor_every == 0)) and step + 1 < cfg.steps:
             monitor.append(dict(step=step + 1, **_online_stats(model, ema, data, cfg, path))); model.train()
-        if step % 25 == 0: bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4f}", **({"sk": f"{np.nanmean(sk_losses[-25:]):.3f}"} if online else {}))
-        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.steps: checkpoint(step + 1)
+        if (step + 1) % LOG_EVERY == 0 or (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps: read_losses(step)
+        if main and (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.steps: checkpoint(step + 1)
     bar.close()
-    if online and step_s: monitor.append(dict(step=cfg.steps, **_online_stats(model, ema, data, cfg, path)))
-    if step_s or not ckpt_path.exists(): checkpoint(cfg.steps)
+    if not main: return out                                               # the run folder has one writer
+    if online and steps_run: monitor.append(dict(step=cfg.steps, **_online_stats(model, ema, data, cfg, path)))
+    if steps_run or not ckpt_path.exists(): checkpoint(cfg.steps)
     csv = "step,loss" + (",sk_loss,sk_weight\n" if online else "\n")
     csv += "".join(f"{i},{l:.6f}" + (f",{sk_losses[i]:.6f},{sk_weight(i, cfg.steps, cfg.sk_sigma, cfg.sk_warmup_weight):.4f}\n" if online else "\n")
                    for i, l in enumerate(losses))
     (out / "loss.csv").write_text(csv)
-    timings = dict(step_s_median=statistics.median(step_s), train_s=time.perf_counter() - t_start, steps_run=len(step_s)) if step_s else {}
+    timings = dict(step_s_median=statistics.median(step_s), train_s=time.perf_counter() - t_start, steps_run=steps_run) if steps_run else {}
     metrics = dict(final_loss=float(np.mean(losses[-100:])), **{k: clusters[k] for k in ("nmi", "ari") if k in clusters})
     if online and monitor:
         last = monitor[-1]
         metrics.update(final_sk_loss=float(np.nanmean(sk_losses[-100:])), prototypes_used=last["prototypes_used"],
                        prototype_counts=last["counts"], **{k: last[k] for k in ("nmi", "ari") if k in last})
     update_manifest(out, params=asdict(cfg), seed=cfg.seed, git_revision=git_revision(), timings=timings,
-                    environment=dict(torch=torch.__version__, device=str(device), threads=torch.get_num_threads(), python=platform.python_version()),
+                    environment=dict(torch=torch.__version__, device=str(device), threads=torch.get_num_threads(),
+                                     python=platform.python_version(), world_size=W),
                     model=dict(params=count_params(ema), blocks=model.num_blocks, tokens=model.num_patches + model.extras,
                                **({"head_params": count_params(model.bootstrap)} if online else {})),
                     metrics=metrics, recipe=recipe, **({"clusters": clusters} if clusters else {}),
