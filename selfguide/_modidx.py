@@ -267,6 +267,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'selfguide.train.resolve_device': ('train.html#resolve_device', 'selfguide/train.py'),
                                  'selfguide.train.save_checkpoint': ('train.html#save_checkpoint', 'selfguide/train.py'),
                                  'selfguide.train.step_generator': ('train.html#step_generator', 'selfguide/train.py'),
+                                 'selfguide.train.step_inputs': ('train.html#step_inputs', 'selfguide/train.py'),
                                  'selfguide.train.train': ('train.html#train', 'selfguide/train.py'),
                                  'selfguide.train.update_manifest': ('train.html#update_manifest', 'selfguide/train.py')},
             'selfguide.uvit': { 'selfguide.uvit.Attention': ('uvit.html#attention', 'selfguide/uvit.py'),
