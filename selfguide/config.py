@@ -29,6 +29,7 @@ class TrainConfig:
     path: str = "cv"               # probability path: cv, vp or ve
     steps: int = 40_000            # optimizer steps in total
     batch_size: int = 512
+    grad_accum: int = 1            # micro-batches per optimizer step; batch_size is the global batch over all of them
     lr: float = 5e-5
     weight_decay: float = 0.0
     beta1: float = 0.9
@@ -40,6 +41,7 @@ class TrainConfig:
     p_drop: float = 0.15           # CFG dropout to the learnable null
     amp: str = "auto"              # "bf16", "none" or "auto" (bf16 on CUDA only)
     attn_backend: str = "auto"     # see selfguide.uvit.attention
+    compile: bool = False          # torch.compile the U-ViT
     device: str = "auto"
     num_workers: int = 0           # DataLoader workers
     seed: int = 0
@@ -81,6 +83,7 @@ class TrainConfig:
         if self.preset not in PRESETS: raise ValueError(f"unknown preset {self.preset!r}; known presets: {', '.join(PRESETS)}")
         if self.amp not in ("auto", "bf16", "none"): raise ValueError(f"amp must be 'auto', 'bf16' or 'none', got {self.amp!r}")
         if self.steps < 1 or self.batch_size < 1: raise ValueError("steps and batch_size must be positive")
+        if self.grad_accum < 1: raise ValueError(f"grad_accum must be positive, got {self.grad_accum}")
         if not 0 <= self.p_drop < 1: raise ValueError(f"p_drop must be in [0, 1), got {self.p_drop}")
         if self.feature_readout not in READOUTS: raise ValueError(f"feature_readout must be one of {READOUTS}")
         if self.online_condition not in ("vector", "index"): raise ValueError(f"online_condition must be 'vector' or 'index', got {self.online_condition!r}")
