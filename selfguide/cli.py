@@ -13,8 +13,11 @@ from .data import to_uint8, load_image, load_dataset, FILE_DATASETS, DATASET_ALI
 from .guidance import sample_conditions, ONLINE_MODES
 from .config import TrainConfig, training_data
 from .latents import encode, load_vae, decode
-from .train import train, load_run, update_manifest, read_manifest
-from .sample import sample, SOLVERS, prototype_conditions, rank_chunks, gather_ranks, _rank_world
+from .runs import update_manifest, read_manifest
+from .train import train, load_run
+from .sample import sample, SOLVERS, prototype_conditions, rank_chunks, gather_ranks
+from . import distributed
+from .runs import resolve_device
 from .metrics import evaluate_samples, check_inception, load_reference, INCEPTION_ENV
 
 # %% auto #0
@@ -111,7 +114,7 @@ def sample_run(run, n=None, solver="dopri5", steps=50, g=0.4, cls=None, rtol=1e-
         if c is None: raise ValueError(f"--class needs a class- or cluster-guided run; {run} was trained with guidance={cfg.guidance!r}")
         if not 0 <= cls < model.num_classes: raise ValueError(f"--class must be in [0, {model.num_classes - 1}], got {cls}")
         c = labels = torch.full((n,), cls)
-    rank, world = _rank_world()                                              # (0, 1) without a launcher
+    rank, world = distributed.rank(), distributed.world_size()             # (0, 1) without a launcher
     r = sample(model, n, c=c, g=g, solver=solver, steps=steps, rtol=rtol, atol=atol, path=cfg.path, seed=seed,
                batch_size=batch_size, amp=cfg.amp, chunks=rank_chunks(n, batch_size, rank, world))  # this rank's block
     dev = next(model.parameters()).device
@@ -133,7 +136,7 @@ def evaluate(samples=None, run=None, dataset=None, data_root=None, inception=Non
     "Metrics of the samples in an .npz (`samples`) or of `n` fresh samples from a run folder (`run`); None on ranks > 0"
     check_inception(inception)  # fail before any sampling
     ref = None if reference_stats is None else load_reference(reference_stats)
-    t0, (rank, world) = time.time(), _rank_world()
+    t0, rank, world = time.time(), distributed.rank(), distributed.world_size()
     if run is not None:
         params = read_manifest(run).get("params", {})  # the run's dataset, without loading its model twice
         n = n or default_n(params.get("dataset"), 1000)
@@ -159,27 +162,23 @@ def evaluate(samples=None, run=None, dataset=None, data_root=None, inception=Non
         Path(out).parent.mkdir(parents=True, exist_ok=True); Path(out).write_text(json.dumps(m, indent=2) + "\n")
     return m
 
-def _init_distributed() -> bool:
-    "Join the process group of torchrun or accelerate launch (WORLD_SIZE > 1 in the environment); True when this made it"
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized(): return False
-    if torch.cuda.is_available(): torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")  # env://, the launcher's
-    return True
-
 def main(argv=None):
     "Entry point of the `selfguide` command"
     a = vars(parser().parse_args(argv))
     cmd = a.pop("command")
-    if cmd == "train": print(train(**a))
+    if cmd == "train":
+        run = train(**a)
+        if distributed.is_main(): print(run)
     elif cmd in ("sample", "evaluate"):
-        made = _init_distributed()                                           # under a launcher: ranks share the samples
+        made = distributed.launched() and not torch.distributed.is_initialized()
+        distributed.init_distributed(resolve_device(a["device"]))           # under a launcher: ranks share the samples
         try:
             res = sample_run(**a) if cmd == "sample" else evaluate(**a)
             if res is not None and cmd == "sample":
                 print(f"wrote {len(res['images'])} samples ({res['nfe']:.0f} evaluations each) to {a['out']}")
             elif res is not None: print(json.dumps(res, indent=2))
         finally:
-            if made: torch.distributed.destroy_process_group()
+            if made: torch.distributed.destroy_process_group()              # leave no group behind
     elif cmd == "encode":
         data = load_dataset(a["dataset"], a["data_root"], a["image_size"])
         out = encode(data, a["vae"], a["out"], a["image_size"], batch_size=a["batch_size"], shard_size=a["shard_size"],

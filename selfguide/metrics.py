@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 from .data import ImageDataset, load_dataset, to_float, to_uint8, cache_root, FILE_DATASETS
-from .train import resolve_device
+from .runs import resolve_device
 
 # %% auto #0
 __all__ = ['INCEPTION_ENV', 'as_images', 'feature_stats', 'frechet_distance', 'knn_radii', 'precision_recall', 'classifier_score',

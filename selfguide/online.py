@@ -107,11 +107,12 @@ def sk_weight(step: int, steps: int, sigma: float = 0.5, warmup_weight: bool = T
 
 # %% ../nbs/04a_online.ipynb #c016
 @torch.no_grad()
-def assign(boot: Bootstrap, model, x0, path="cv", generator=None) -> torch.Tensor:
-    "Prototype ids of clean images `x0` (B, C, H, W): (B,) per image or (B, N) per patch"
+def assign(boot: Bootstrap, model, x0, path="cv", generator=None, noise=None) -> torch.Tensor:
+    "Prototype ids of clean images `x0` (B, C, H, W), noised at t_s (`noise` or fresh): (B,) per image, (B, N) per patch"
     path = get_path(path) if isinstance(path, str) else path
     t = torch.full((len(x0),), boot.t_s, device=x0.device)
-    x_t = path.x_t(x0, torch.randn(x0.shape, generator=generator).to(x0.device), t)
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device) if noise is None else noise
+    x_t = path.x_t(x0, noise, t)
     was = boot.training; boot.eval()
     idx = boot.scores(boot.head(boot.feature(model, x_t, t))).argmax(1)   # (R,)
     boot.train(was)

@@ -12,7 +12,8 @@ from tqdm import tqdm
 from .paths import ProbabilityPath, get_path
 from .data import clean_batches
 from .online import assign_images
-from .train import autocast
+from .runs import autocast
+from .distributed import rank as process_rank, world_size
 
 # %% auto #0
 __all__ = ['FIXED_STEP', 'ADAPTIVE', 'SOLVERS', 'cfg_velocity', 'SampleResult', 'sample_generator', 'prior_noise', 'rank_chunks',
@@ -76,14 +77,9 @@ def rank_chunks(n: int, batch_size: int, rank: int = 0, world: int = 1) -> range
     return range(start, start + per + (rank < extra))
 
 # %% ../nbs/06_sample.ipynb #c012b
-def _rank_world() -> tuple[int, int]:
-    "(rank, world size) of the initialised torch.distributed group; (0, 1) without one"
-    d = torch.distributed
-    return (d.get_rank(), d.get_world_size()) if d.is_available() and d.is_initialized() else (0, 1)
-
 def gather_ranks(obj, dst: int | None = None) -> list | None:
     "`obj` of every rank in rank order: on every rank (`dst=None`), or on rank `dst` and None elsewhere; [obj] alone"
-    rank, world = _rank_world()
+    rank, world = process_rank(), world_size()
     if world == 1: return [obj]
     out = [None] * world if dst is None or rank == dst else None
     if dst is None: torch.distributed.all_gather_object(out, obj)
@@ -113,7 +109,7 @@ def sample(model, n: int, c=None, g: float = 0.4, solver: str = "dopri5", steps:
     if c is not None:
         c = torch.as_tensor(c)
         if len(c) != n: raise ValueError(f"c has {len(c)} conditions for {n} samples")
-    rank, world = _rank_world()                                            # (0, 1) without a process group
+    rank, world = process_rank(), world_size()                                            # (0, 1) without a process group
     if distributed: chunks = rank_chunks(n, batch_size, rank, world)       # this rank's block of chunks
     elif chunks is None: chunks = rank_chunks(n, batch_size)               # all of them
     model.eval()

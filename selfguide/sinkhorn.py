@@ -27,7 +27,7 @@ def _batch_logsumexp(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
 def sinkhorn(scores: torch.Tensor, n_iters: int = 3, epsilon: float = 0.05) -> torch.Tensor:
     "Codes (B, K) from scores (B, K): rows sum to 1, columns to B/K (equal partition), all-reduced across processes"
     logq = scores.float() / epsilon                                     # (B, K)
-    B = torch.tensor(float(len(logq)), device=logq.device)
+    B = torch.full((), float(len(logq)), device=logq.device)            # a fill, no host-device copy
     if dist.is_available() and dist.is_initialized(): dist.all_reduce(B)
     K = logq.shape[1]
     for _ in range(n_iters):
@@ -47,7 +47,8 @@ class ProjectionHead(nn.Module):
     "h_phi: Linear, BatchNorm, ReLU, Linear; L2-normalised output z"
     def __init__(self, in_dim: int, hidden: int = 512, out_dim: int = 128):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(),  # BN: no bias
+                                 nn.Linear(hidden, out_dim))
     def forward(self, x): return F.normalize(self.net(x), dim=1)        # (B, in_dim) -> (B, out_dim)
 
 def sk_loss(z: torch.Tensor, protos: torch.Tensor, codes: torch.Tensor, temperature: float = 0.1, form: str = "ce"):

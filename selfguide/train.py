@@ -18,16 +18,17 @@ from .latents import draw_latents
 from .paths import get_path
 from .uvit import build_uvit, count_params, load_official, official_schedule, transfer_state
 from .config import TrainConfig, resolve_config
+from .runs import (ema_update, ema_decay_at, lr_at, resolve_device, autocast, git_revision, read_manifest,
+                            update_manifest, save_checkpoint)
 from .guidance import (check_guidance, condition_slot, batch_condition, cached_features, file_key, kmeans,
                                 cluster_scores, load_encoder, encoder_features, ONLINE_MODES)
-from .online import build_bootstrap, sk_views, sk_objective, sk_weight, assign_images, prototype_stats
+from .online import build_bootstrap, sk_views, sk_objective, sk_weight, assign, assign_images, prototype_stats
 from .distributed import (init_distributed, world_size, rank, is_main, rank_rows, micro_batch, pad_rows,
                                    all_mean, local_main_first, global_batchnorm)
 
 # %% auto #0
-__all__ = ['LOG_EVERY', 'step_generator', 'StepBatchSampler', 'step_inputs', 'ema_update', 'ema_decay_at', 'lr_at',
-           'resolve_device', 'autocast', 'git_revision', 'read_manifest', 'update_manifest', 'save_checkpoint',
-           'build_model', 'load_init', 'init_weights_from', 'cluster_conditions', 'train', 'load_run']
+__all__ = ['LOG_EVERY', 'step_generator', 'StepBatchSampler', 'step_inputs', 'build_model', 'load_init', 'init_weights_from',
+           'cluster_conditions', 'train', 'load_run']
 
 # %% ../nbs/05_train.ipynb #c008
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -62,58 +63,7 @@ def step_inputs(x0, y, g, cfg, path, rows: slice, m_star: bool = False, latent_s
     mine = lambda v: None if v is None else v[rows]
     return (x0, *map(mine, (noise, t, c, drop, m_noise)), [tuple(map(mine, view)) for view in views])
 
-# %% ../nbs/05_train.ipynb #c011
-@torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    "ema <- decay * ema + (1 - decay) * model, for each parameter of `ema` (paired with `model`'s by name)"
-    own, named = dict(model.named_parameters()), list(ema.named_parameters())
-    torch._foreach_lerp_([p for _, p in named], [own[n] for n, _ in named], 1.0 - decay)
-
-def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
-    "EMA decay at `step`: `decay`, warmed up as min(decay, (1 + step) / (10 + step))"
-    return min(decay, (1 + step) / (10 + step)) if warmup else decay
-
-def lr_at(step: int, lr: float, warmup_steps: int) -> float:
-    "Learning rate at `step`: linear warm-up, then constant"
-    return lr * min(1.0, (step + 1) / max(1, warmup_steps))
-
-def resolve_device(device: str = "auto") -> torch.device:
-    "'auto' -> cuda when available, else cpu"
-    return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
-
-def autocast(device: torch.device, amp: str = "auto"):
-    "bf16 autocast context when asked for ('auto': on CUDA only; CPUs without native bf16 run it 20x slower)"
-    on = amp == "bf16" or (amp == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
-
 # %% ../nbs/05_train.ipynb #c014
-def git_revision() -> str:
-    "The git commit of the selfguide source ('+dirty' when it has uncommitted changes), or 'unknown'"
-    here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError): return "unknown"
-
-def read_manifest(run_dir) -> dict:
-    "The run's manifest.json as a dict ({} if there is none)"
-    p = Path(run_dir) / "manifest.json"
-    return json.loads(p.read_text()) if p.exists() else {}
-
-def update_manifest(run_dir, **sections) -> dict:
-    "Merge `sections` (dicts are merged one level deep) into the run's manifest.json"
-    m = read_manifest(run_dir)
-    for k, v in sections.items(): m[k] = {**m.get(k, {}), **v} if isinstance(v, dict) and isinstance(m.get(k), dict) else v
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    (Path(run_dir) / "manifest.json").write_text(json.dumps(m, indent=2, default=str) + "\n")
-    return m
-
-def save_checkpoint(path, **state) -> None:
-    "torch.save to a temporary file, then rename (atomic)"
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp"); torch.save(state, tmp); os.replace(tmp, path)
-
 def build_model(cfg: TrainConfig, shape, num_classes: int) -> torch.nn.Module:
     "The U-ViT for `cfg` and data of `shape` (C, H, W); online runs get their `Bootstrap` as `model.bootstrap`"
     C, H, W = shape
@@ -178,15 +128,6 @@ def _to(x, device):
     "`x` on `device` without waiting (pinned memory, non-blocking copy on CUDA); None stays None"
     if x is None or device.type != "cuda": return None if x is None else x.to(device)
     return x.pin_memory().to(device, non_blocking=True)
-
-@torch.no_grad()
-def _m_star(boot, ema, x0, noise, path) -> torch.Tensor:
-    "`assign` with its noise given (this rank's rows of the global batch's draw): m* (Eq. 16), (b,) or (b, N)"
-    t = torch.full((len(x0),), boot.t_s, device=x0.device)
-    was = boot.training; boot.eval()
-    idx = boot.scores(boot.head(boot.feature(ema, path.x_t(x0, noise, t), t))).argmax(1)  # (R,)
-    boot.train(was)
-    return idx.view(len(x0), -1) if boot.patch else idx
 
 class _Step(torch.nn.Module):
     "One micro-batch's network calls as one forward, so that DDP sees every parameter the losses use"
@@ -268,7 +209,7 @@ def train(**config) -> Path:
         x0, noise, t, c, drop, m_noise = (_to(v, device) for v in inputs)             # (b, C, H, W), ..., (b,)
         views = [tuple(_to(v, device) for v in view) for view in views]
         if m_noise is not None:                                                       # m* of the EMA network, or null
-            ids = torch.cat([_m_star(model.bootstrap, ema, x0[s], m_noise[s], path) for s in chunks])  # (b,) or (b, N)
+            ids = torch.cat([assign(model.bootstrap, ema, x0[s], path, noise=m_noise[s]) for s in chunks])  # (b,) or (b, N)
             c = model.bootstrap.condition(ids)
         for grp in opt.param_groups: grp["lr"] = lr_at(step, cfg.lr, cfg.warmup_steps)
         w_sk, loss_sum = sk_weight(step, cfg.steps, cfg.sk_sigma, cfg.sk_warmup_weight), 0.0
