@@ -11,6 +11,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'selfguide.config.TrainConfig.__post_init__': ( 'config.html#trainconfig.__post_init__',
                                                                                   'selfguide/config.py'),
                                   'selfguide.config.apply_recipe': ('config.html#apply_recipe', 'selfguide/config.py'),
+                                  'selfguide.config.cpu_patch': ('config.html#cpu_patch', 'selfguide/config.py'),
                                   'selfguide.config.cpu_recipe': ('config.html#cpu_recipe', 'selfguide/config.py'),
                                   'selfguide.config.recipe_name': ('config.html#recipe_name', 'selfguide/config.py'),
                                   'selfguide.config.resolve_config': ('config.html#resolve_config', 'selfguide/config.py'),
