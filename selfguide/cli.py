@@ -36,7 +36,8 @@ def _add_config_options(p: argparse.ArgumentParser, cls=TrainConfig):
     for f in fields(cls):
         opt = "--" + f.name.replace("_", "-")
         note = f"(default: the recipe's, else {f.default})"                # unset options stay out of the namespace
-        if f.type == "bool": p.add_argument(opt, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=note)
+        if f.type == "bool":
+            p.add_argument(opt, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=note)
         else: p.add_argument(opt, type=_TYPES[f.type], default=argparse.SUPPRESS, help=note)
 
 def parser() -> argparse.ArgumentParser:
@@ -74,10 +75,10 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=500, help="samples per chunk (dopri5's samples depend on it)")
     e.add_argument("--device", default="auto"); e.add_argument("--cache-dir", default=None, help="classifier and statistics cache")
     e.add_argument("--out", default=None, help="write the metrics to this .json")
-    c = sub.add_parser("encode", help="SD-VAE moments of a dataset (and of its flips) into shards for --dataset latents")
-    c.add_argument("--dataset", required=True, help="image dataset to encode (lsun, imagenet, imagenet100, folder, ...)")
+    c = sub.add_parser("encode", help="SD-VAE moments of a dataset and its flips, in shards (--dataset latents)")
+    c.add_argument("--dataset", required=True, help="image dataset to encode (lsun, imagenet, imagenet100, ...)")
     c.add_argument("--data-root", default=None, help="its file or folder")
-    c.add_argument("--vae", required=True, help="SD-VAE folder as distributed (diffusers AutoencoderKL, e.g. sd-vae-ft-ema)")
+    c.add_argument("--vae", required=True, help="SD-VAE folder as distributed (diffusers AutoencoderKL: sd-vae-ft-ema)")
     c.add_argument("--out", required=True, help="output folder (resumable: finished shards are skipped)")
     c.add_argument("--image-size", type=int, default=256, help="center-crop size (ADM style)")
     c.add_argument("--batch-size", type=int, default=32); c.add_argument("--shard-size", type=int, default=1024)
@@ -92,7 +93,8 @@ def sample_run(run, n=None, solver="dopri5", steps=50, g=0.4, cls=None, rtol=1e-
     n = n or default_n(cfg.dataset, 100)
     vae = vae or cfg.vae
     if vae is None and model.in_chans not in (1, 3):
-        raise ValueError(f"{run} was trained on {model.in_chans}-channel latents and records no VAE: pass --vae DIR to decode")
+        raise ValueError(f"{run} was trained on {model.in_chans}-channel latents and records no VAE: "
+                         f"pass --vae DIR to decode")
     online, extra = cfg.guidance in ONLINE_MODES, {}
     if (prototype is not None or query is not None) and not online:
         raise ValueError(f"--prototype and --query need an online run; {run} was trained with guidance={cfg.guidance!r}")

@@ -108,7 +108,7 @@ def sk_weight(step: int, steps: int, sigma: float = 0.5, warmup_weight: bool = T
 # %% ../nbs/04a_online.ipynb #c016
 @torch.no_grad()
 def assign(boot: Bootstrap, model, x0, path="cv", generator=None, noise=None) -> torch.Tensor:
-    "Prototype ids of clean images `x0` (B, C, H, W), noised at t_s (`noise` or fresh): (B,) per image, (B, N) per patch"
+    "Prototype ids of clean images `x0` (B, C, H, W) noised at t_s (`noise` or fresh): (B,) per image, (B, N) per patch"
     path = get_path(path) if isinstance(path, str) else path
     t = torch.full((len(x0),), boot.t_s, device=x0.device)
     noise = torch.randn(x0.shape, generator=generator).to(x0.device) if noise is None else noise
@@ -124,7 +124,8 @@ def assign_images(boot: Bootstrap, model, data, path="cv", seed: int = 0, n_max:
     "Prototype ids of the first `n_max` images of `data` (any dataset, or uint8 (N, C, H, W); see `clean_batches`)"
     dev, gen, out = next(model.parameters()).device, torch.Generator().manual_seed(seed), []
     model.eval()
-    for x in tqdm(clean_batches(data, n_max, batch_size), desc="prototype assignment", disable=not progress, leave=False):
+    batches = clean_batches(data, n_max, batch_size)                         # (B, C, H, W) each
+    for x in tqdm(batches, desc="prototype assignment", disable=not progress, leave=False):
         out.append(assign(boot, model, x.to(dev), path, gen).cpu())
     return torch.cat(out)                                                  # (n,) or (n, N)
 

@@ -109,7 +109,7 @@ def sample(model, n: int, c=None, g: float = 0.4, solver: str = "dopri5", steps:
     if c is not None:
         c = torch.as_tensor(c)
         if len(c) != n: raise ValueError(f"c has {len(c)} conditions for {n} samples")
-    rank, world = process_rank(), world_size()                                            # (0, 1) without a process group
+    rank, world = process_rank(), world_size()                             # (0, 1) without a process group
     if distributed: chunks = rank_chunks(n, batch_size, rank, world)       # this rank's block of chunks
     elif chunks is None: chunks = rank_chunks(n, batch_size)               # all of them
     model.eval()

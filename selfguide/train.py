@@ -110,7 +110,7 @@ def cluster_conditions(cfg, data, device, init=None) -> tuple[object, dict]:
     counts = np.bincount(assign, minlength=cfg.clusters)
     info.update(k=cfg.clusters, used=float((counts > 0).mean()), counts=counts.tolist())
     if (data.labels >= 0).any(): info.update(cluster_scores(assign, data.labels))
-    out = copy.copy(data); out.labels = torch.from_numpy(assign)                    # the same images, cluster ids as labels
+    out = copy.copy(data); out.labels = torch.from_numpy(assign)           # the same images, cluster ids as labels
     return out, info
 
 # %% ../nbs/05_train.ipynb #c018
@@ -209,7 +209,7 @@ def train(**config) -> Path:
         x0, noise, t, c, drop, m_noise = (_to(v, device) for v in inputs)             # (b, C, H, W), ..., (b,)
         views = [tuple(_to(v, device) for v in view) for view in views]
         if m_noise is not None:                                                       # m* of the EMA network, or null
-            ids = torch.cat([assign(model.bootstrap, ema, x0[s], path, noise=m_noise[s]) for s in chunks])  # (b,) or (b, N)
+            ids = torch.cat([assign(model.bootstrap, ema, x0[s], path, noise=m_noise[s]) for s in chunks])  # (b[, N])
             c = model.bootstrap.condition(ids)
         for grp in opt.param_groups: grp["lr"] = lr_at(step, cfg.lr, cfg.warmup_steps)
         w_sk, loss_sum = sk_weight(step, cfg.steps, cfg.sk_sigma, cfg.sk_warmup_weight), 0.0
@@ -255,7 +255,8 @@ def train(**config) -> Path:
                     model=dict(params=count_params(ema), blocks=model.num_blocks, tokens=model.num_patches + model.extras,
                                **({"head_params": count_params(model.bootstrap)} if online else {})),
                     metrics=metrics, recipe=recipe, **({"clusters": clusters} if clusters else {}),
-                    **({"latents": dict(folder=str(data.root), scale=data.scale, image_size=data.image_size)} if latent else {}), **({"online": dict(warmup_end=warm_end, monitor=monitor)} if online else {}))
+                    **({"latents": dict(folder=str(data.root), scale=data.scale, image_size=data.image_size)} if latent else {}),
+                    **({"online": dict(warmup_end=warm_end, monitor=monitor)} if online else {}))
     return out
 
 # %% ../nbs/05_train.ipynb #c020
