@@ -2,6 +2,7 @@
 
 d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_url': '', 'lib_path': 'selfguide'},
   'syms': { 'selfguide.cli': { 'selfguide.cli._add_config_options': ('cli.html#_add_config_options', 'selfguide/cli.py'),
+                               'selfguide.cli._run': ('cli.html#_run', 'selfguide/cli.py'),
                                'selfguide.cli.default_n': ('cli.html#default_n', 'selfguide/cli.py'),
                                'selfguide.cli.evaluate': ('cli.html#evaluate', 'selfguide/cli.py'),
                                'selfguide.cli.main': ('cli.html#main', 'selfguide/cli.py'),
@@ -163,6 +164,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'selfguide.metrics.knn_radii': ('metrics.html#knn_radii', 'selfguide/metrics.py'),
                                    'selfguide.metrics.load_classifier': ('metrics.html#load_classifier', 'selfguide/metrics.py'),
                                    'selfguide.metrics.load_reference': ('metrics.html#load_reference', 'selfguide/metrics.py'),
+                                   'selfguide.metrics.load_samples': ('metrics.html#load_samples', 'selfguide/metrics.py'),
                                    'selfguide.metrics.precision_recall': ('metrics.html#precision_recall', 'selfguide/metrics.py'),
                                    'selfguide.metrics.train_classifier': ('metrics.html#train_classifier', 'selfguide/metrics.py'),
                                    'selfguide.metrics.train_test': ('metrics.html#train_test', 'selfguide/metrics.py')},
@@ -174,6 +176,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'selfguide.online.assign': ('online.html#assign', 'selfguide/online.py'),
                                   'selfguide.online.assign_images': ('online.html#assign_images', 'selfguide/online.py'),
                                   'selfguide.online.build_bootstrap': ('online.html#build_bootstrap', 'selfguide/online.py'),
+                                  'selfguide.online.check_sk_batch': ('online.html#check_sk_batch', 'selfguide/online.py'),
                                   'selfguide.online.prototype_stats': ('online.html#prototype_stats', 'selfguide/online.py'),
                                   'selfguide.online.sk_codes': ('online.html#sk_codes', 'selfguide/online.py'),
                                   'selfguide.online.sk_objective': ('online.html#sk_objective', 'selfguide/online.py'),

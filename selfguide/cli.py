@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from .data import to_uint8, load_image, load_dataset, FILE_DATASETS, DATASET_ALIASES
 from .guidance import sample_conditions, ONLINE_MODES
+from .online import check_sk_batch
 from .config import TrainConfig, training_data
 from .latents import encode, load_vae, decode
 from .runs import update_manifest, read_manifest
@@ -18,10 +19,10 @@ from .train import train, load_run
 from .sample import sample, SOLVERS, prototype_conditions, rank_chunks, gather_ranks
 from . import distributed
 from .runs import resolve_device
-from .metrics import evaluate_samples, check_inception, load_reference, INCEPTION_ENV
+from .metrics import evaluate_samples, check_inception, load_reference, load_samples, INCEPTION_ENV
 
 # %% auto #0
-__all__ = ['PAPER_N', 'default_n', 'parser', 'sample_run', 'evaluate', 'main']
+__all__ = ['PAPER_N', 'INPUT_ERRORS', 'default_n', 'parser', 'sample_run', 'evaluate', 'main']
 
 # %% ../nbs/09_cli.ipynb #c005
 PAPER_N = 10_000  # samples for FID at paper scale (Sec. 5.1)
@@ -43,6 +44,8 @@ def _add_config_options(p: argparse.ArgumentParser, cls=TrainConfig):
 def parser() -> argparse.ArgumentParser:
     "The `selfguide` argument parser"
     p = argparse.ArgumentParser(prog="selfguide", description="Guided diffusion from self-supervised diffusion features")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show an error's traceback instead of one line (before the command: selfguide --debug train)")
     sub = p.add_subparsers(dest="command", required=True)
     _add_config_options(sub.add_parser("train", help="train a model; writes a run folder"))
     s = sub.add_parser("sample", help="draw samples from a run into an .npz")
@@ -152,9 +155,8 @@ def evaluate(samples=None, run=None, dataset=None, data_root=None, inception=Non
     else:
         if dataset is None and ref is None:
             raise ValueError("--dataset is needed with --samples (which data the samples imitate)")
-        if not Path(samples).exists(): raise FileNotFoundError(f"no samples file {samples} (--samples)")
+        images = load_samples(samples, read=rank == 0)                      # every rank checks the file
         if rank > 0: return None                                            # nothing to share: rank 0 scores
-        images = np.load(samples)["images"]
     m = evaluate_samples(images, dataset, data_root, inception, cache_dir, device=device, reference=ref)
     if run is not None:
         ev = dict(n=n, solver=solver, steps=steps, g=g, seed=seed, rtol=rtol, atol=atol, batch_size=batch_size,
@@ -164,11 +166,23 @@ def evaluate(samples=None, run=None, dataset=None, data_root=None, inception=Non
         Path(out).parent.mkdir(parents=True, exist_ok=True); Path(out).write_text(json.dumps(m, indent=2) + "\n")
     return m
 
+INPUT_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
 def main(argv=None):
-    "Entry point of the `selfguide` command"
-    a = vars(parser().parse_args(argv))
-    cmd = a.pop("command")
+    "Entry point of the `selfguide` command: bad input ends in one line `selfguide: error: ...` and exit status 2"
+    p = parser()
+    a = vars(p.parse_args(argv))
+    debug = a.pop("debug", False)
+    try: _run(a.pop("command"), a)
+    except INPUT_ERRORS as e:                                               # what bad input raises, not bugs
+        if debug: raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)   # str(KeyError) would add quotes
+        p.exit(2, f"{p.prog}: error: {msg}\n")                              # as argparse does; on every rank alike
+
+def _run(cmd: str, a: dict):
     if cmd == "train":
+        if a.get("guidance") in ONLINE_MODES and "batch_size" in a:        # before any data is read
+            check_sk_batch(a["batch_size"], int(os.environ.get("WORLD_SIZE", "1")))
         run = train(**a)
         if distributed.is_main(): print(run)
     elif cmd in ("sample", "evaluate"):

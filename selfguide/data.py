@@ -4,12 +4,14 @@
 
 # %% ../nbs/00_data.ipynb #c002
 from __future__ import annotations
-import gzip, hashlib, os, struct
+import gzip, hashlib, logging, os, struct
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+
+_log = logging.getLogger("selfguide.data")
 
 # %% auto #0
 __all__ = ['DIGITS_TEST', 'FASHION_MNIST_ROOT', 'IMAGE_SUFFIXES', 'DATASETS', 'DATASET_ALIASES', 'FILE_DATASETS', 'to_float',
@@ -117,21 +119,26 @@ def load_npz(data_root, image_size: int | None = None) -> ImageDataset:
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 def load_folder(data_root, image_size: int | None = None) -> ImageDataset:
-    "Images in a folder, optionally one sub-folder per class"
+    "Images in a folder, optionally one sub-folder per class; unreadable files are skipped, counted and logged"
     from PIL import Image
     root = _existing(data_root, "folder", "a folder of images")
+    if not root.is_dir(): raise NotADirectoryError(f"dataset 'folder': {root} is a file, not a folder (--data-root)")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     files = [(f, -1) for f in sorted(root.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
     files += [(f, i) for i, c in enumerate(classes) for f in sorted((root / c).rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files: raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {root}")
-    out = []
-    for f, _ in files:
-        im = Image.open(f).convert("RGB")
+    out, labels, bad = [], [], 0
+    for f, y in files:
+        try: im = Image.open(f).convert("RGB")
+        except Exception as e:  # undecodable or truncated: skipped and counted, as `ImageFiles` does
+            _log.warning(f"folder: skipping unreadable {f}: {type(e).__name__}: {e}"); bad += 1; continue
         s = min(im.size); size = image_size or s if not out else out[0].shape[-1]
         l, t = (im.width - s) // 2, (im.height - s) // 2
         im = im.crop((l, t, l + s, t + s)).resize((size, size), Image.BICUBIC)
-        out.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
-    return ImageDataset(torch.stack(out), torch.tensor([y for _, y in files]), name="folder")
+        out.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)); labels.append(y)
+    if bad: _log.warning(f"folder: skipped {bad} unreadable of {len(files)} image files in {root}")
+    if not out: raise ValueError(f"none of the {len(files)} image files in {root} can be read (--data-root)")
+    return ImageDataset(torch.stack(out), torch.tensor(labels), name="folder")
 
 def load_image(path, channels: int, size: int) -> torch.Tensor:
     "One image file as uint8 (1, channels, size, size): centre-cropped, resized, grey (1) or RGB (3); e.g. a query image"
@@ -139,7 +146,8 @@ def load_image(path, channels: int, size: int) -> torch.Tensor:
     p = Path(path).expanduser()
     if not p.is_file(): raise FileNotFoundError(f"no image file at {p} (--query)")
     if channels not in (1, 3): raise ValueError(f"images have 1 or 3 channels, the model has {channels}: pass a dataset image instead")
-    im = Image.open(p).convert("L" if channels == 1 else "RGB")
+    try: im = Image.open(p).convert("L" if channels == 1 else "RGB")
+    except Exception as e: raise ValueError(f"{p} is not an image file (--query): {type(e).__name__}: {e}") from e
     s = min(im.size); l, t = (im.width - s) // 2, (im.height - s) // 2
     im = im.crop((l, t, l + s, t + s)).resize((size, size), Image.BICUBIC)
     return torch.from_numpy(np.asarray(im).copy()).reshape(size, size, channels).permute(2, 0, 1)[None]

@@ -15,8 +15,8 @@ from .sinkhorn import sinkhorn, sk_loss, Prototypes, ProjectionHead
 from .guidance import READOUTS, ONLINE_MODES, cluster_scores, assignment_stats
 
 # %% auto #0
-__all__ = ['MAX_HEAD_PARAMS', 'SK_MASK', 'SINKHORN_ROWS', 'Bootstrap', 'build_bootstrap', 'sk_views', 'sk_codes', 'sk_objective',
-           'sk_weight', 'assign', 'assign_images', 'prototype_stats']
+__all__ = ['MAX_HEAD_PARAMS', 'SK_MASK', 'SINKHORN_ROWS', 'Bootstrap', 'build_bootstrap', 'check_sk_batch', 'sk_views',
+           'sk_codes', 'sk_objective', 'sk_weight', 'assign', 'assign_images', 'prototype_stats']
 
 # %% ../nbs/04a_online.ipynb #c006
 class Bootstrap(nn.Module):
@@ -60,6 +60,13 @@ def build_bootstrap(model, guidance: str, k: int, layer: int | None = None, t_s:
 # %% ../nbs/04a_online.ipynb #c009
 SK_MASK = (0.15, 0.25)  # the paper's timestep window for the SK loss
 SINKHORN_ROWS = ("batch", "masked")  # with the mask: Sinkhorn on the whole batch (released code) or on the masked rows
+
+def check_sk_batch(batch_size: int, world: int = 1) -> None:
+    "Refuse a global batch that leaves a process fewer than 2 images: Sinkhorn (and the head's BatchNorm) need 2 rows"
+    if batch_size < 2 * world:
+        raise ValueError(f"online guidance needs at least 2 images per process in each step for Sinkhorn, got "
+                         f"--batch-size {batch_size} over {world} process{'es' if world > 1 else ''}: "
+                         f"raise --batch-size to {2 * world} or more")
 
 def sk_views(x0, t, noise, path, t_s: float = 0.2, mask: bool = True, two_view: bool = False, generator=None,
              sinkhorn_rows: str = "batch"):

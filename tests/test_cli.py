@@ -22,7 +22,8 @@ def test_bad_values_exit_with_usage():
     with pytest.raises(SystemExit): parser().parse_args(["sample", "--run", "x", "--out", "y", "--solver", "leapfrog"])
 
 def test_missing_run_is_reported(tmp_path):
-    with pytest.raises(FileNotFoundError, match="--run"): main(["sample", "--run", str(tmp_path), "--out", str(tmp_path / "s.npz")])
+    with pytest.raises(FileNotFoundError, match="--run"):                # --debug: the exception, not the one line
+        main(["--debug", "sample", "--run", str(tmp_path), "--out", str(tmp_path / "s.npz")])
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
@@ -43,12 +44,13 @@ def test_evaluate_run_adds_metrics_to_the_manifest(tiny_run, tmp_path):
 def test_evaluate_fails_on_missing_inception_before_sampling(tiny_run, tmp_path, monkeypatch):
     import selfguide.cli as cli
     monkeypatch.setattr(cli, "sample_run", lambda *a, **k: pytest.fail("sampled before checking the Inception file"))
-    with pytest.raises(FileNotFoundError) as e: main(["evaluate", "--run", str(tiny_run), "--inception", str(tmp_path / "none.pt")])
+    with pytest.raises(FileNotFoundError) as e:
+        main(["--debug", "evaluate", "--run", str(tiny_run), "--inception", str(tmp_path / "none.pt")])
     assert "--inception" in str(e.value) and "SELFGUIDE_INCEPTION" in str(e.value)
 
 def test_evaluate_samples_needs_a_dataset(tmp_path):
     np.savez(tmp_path / "s.npz", images=np.zeros((10, 16, 16, 1), np.uint8))
-    with pytest.raises(ValueError, match="--dataset"): main(["evaluate", "--samples", str(tmp_path / "s.npz")])
+    with pytest.raises(ValueError, match="--dataset"): main(["--debug", "evaluate", "--samples", str(tmp_path / "s.npz")])
 
 def test_paper_scale_runs_draw_10000_samples_by_default(tmp_path, monkeypatch):
     import json, selfguide.cli as cli
@@ -87,4 +89,5 @@ def test_evaluate_with_reference_stats_needs_no_data(tmp_path, capsys):
         assert set(m) == {"n_samples", "fid", "is", "is_std"} and np.isfinite(m["fid"]) and m["n_samples"] == 12
     assert not (tmp_path / "cache").exists()                            # nothing computed from data, nothing cached
     with pytest.raises(FileNotFoundError, match="--reference-stats"):
-        main(["evaluate", "--samples", str(tmp_path / "s.npz"), "--inception", str(inc), "--reference-stats", str(tmp_path / "no.npz")])
+        main(["--debug", "evaluate", "--samples", str(tmp_path / "s.npz"), "--inception", str(inc),
+              "--reference-stats", str(tmp_path / "no.npz")])
