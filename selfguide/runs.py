@@ -10,7 +10,7 @@ import torch
 
 # %% auto #0
 __all__ = ['ema_update', 'ema_decay_at', 'lr_at', 'resolve_device', 'autocast', 'git_revision', 'read_manifest',
-           'update_manifest', 'save_checkpoint']
+           'update_manifest', 'atomic_write', 'save_checkpoint']
 
 # %% ../nbs/04c_runs.ipynb #c005
 @torch.no_grad()
@@ -52,15 +52,32 @@ def read_manifest(run_dir) -> dict:
     return json.loads(p.read_text()) if p.exists() else {}
 
 def update_manifest(run_dir, **sections) -> dict:
-    "Merge `sections` (dicts are merged one level deep) into the run's manifest.json"
+    "Merge `sections` (dicts are merged one level deep) into the run's manifest.json (written atomically)"
     m = read_manifest(run_dir)
     for k, v in sections.items(): m[k] = {**m.get(k, {}), **v} if isinstance(v, dict) and isinstance(m.get(k), dict) else v
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    (Path(run_dir) / "manifest.json").write_text(json.dumps(m, indent=2, default=str) + "\n")
+    text = json.dumps(m, indent=2, default=str) + "\n"
+    atomic_write(Path(run_dir) / "manifest.json", lambda f: f.write(text.encode()))
     return m
 
-def save_checkpoint(path, **state) -> None:
-    "torch.save to a temporary file, then rename (atomic)"
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp"); torch.save(state, tmp); os.replace(tmp, path)
+def _fsync_dir(folder) -> None:
+    "Make a rename in `folder` durable, where the OS lets a folder be opened (not on Windows)"
+    try: fd = os.open(folder, os.O_RDONLY)
+    except OSError: return
+    try: os.fsync(fd)
+    except OSError: pass
+    finally: os.close(fd)
 
+def atomic_write(path, write) -> None:
+    "`write(file)` into `path` atomically: a temporary file beside it, flushed and fsynced, renamed onto `path`"
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")                # one fixed name: a killed writer's leftover is overwritten
+    try:
+        with open(tmp, "wb") as f: write(f); f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True); raise
+    _fsync_dir(path.parent)
+
+def save_checkpoint(path, **state) -> None:
+    "torch.save `state` to `path` atomically (`atomic_write`): a crash or a kill leaves the previous checkpoint whole"
+    atomic_write(path, lambda f: torch.save(state, f))

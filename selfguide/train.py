@@ -178,7 +178,10 @@ def train(**config) -> Path:
     if W > 1: net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None,
                         find_unused_parameters=True)  # the condition slot rests in warm-up, the null without guidance
 
-    def checkpoint(step):
+    def checkpoint(step):                     # never a non-finite weight: the last good checkpoint stays
+        bad = [n for n, v in model.state_dict().items() if v.is_floating_point() and not v.isfinite().all()]
+        if bad: raise FloatingPointError(f"weights are not finite after step {step - 1} ({', '.join(bad[:3])}); "
+                                         f"{ckpt_path} keeps the last good state; lower lr or enable grad_clip")
         save_checkpoint(ckpt_path, model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=step,
                         losses=losses, sk_losses=sk_losses, monitor=monitor, config=asdict(cfg),
                         rng=dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate()))
@@ -188,7 +191,8 @@ def train(**config) -> Path:
         vals = all_mean(torch.stack(pending)).tolist()                                 # (k, 3): loss, SK loss, total
         for i, (_, _, total) in enumerate(vals, start=step + 1 - len(vals)):
             if not np.isfinite(total):
-                raise FloatingPointError(f"loss is {total} at step {i}; lower lr or enable grad_clip")
+                raise FloatingPointError(f"loss is {total} at step {i}; {ckpt_path} keeps the last good state; "
+                                         "lower lr or enable grad_clip")
         losses.extend(v[0] for v in vals); sk_losses.extend(v[1] for v in vals if online)
         now = time.perf_counter(); step_s.append((now - tick) / len(vals)); tick, pending = now, []
         sk = {"sk": f"{np.nanmean(sk_losses[-25:]):.3f}"} if online else {}
@@ -196,7 +200,8 @@ def train(**config) -> Path:
 
     warm_end = int(np.ceil(cfg.sk_sigma * cfg.steps)) if online else 0    # Alg. 1: warm-up while step / N < sigma
     loader = DataLoader(data, batch_sampler=StepBatchSampler(len(data), B, cfg.seed, start, cfg.steps, rank(), W),
-                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(cfg.seed))  # not the global RNG: resumes end alike
     pending, step_s, steps_run, t_start = [], [], 0, time.perf_counter()
     tick, nan = t_start, torch.full((), float("nan"), device=device)
     chunks = [slice(j * mb, (j + 1) * mb) for j in range(cfg.grad_accum)]  # micro-batches of this rank's rows
