@@ -22,7 +22,8 @@ from .runs import (ema_update, ema_decay_at, lr_at, resolve_device, autocast, gi
                             update_manifest, save_checkpoint)
 from .guidance import (check_guidance, condition_slot, batch_condition, cached_features, file_key, kmeans,
                                 cluster_scores, load_encoder, encoder_features, ONLINE_MODES)
-from .online import build_bootstrap, sk_views, sk_objective, sk_weight, assign, assign_images, prototype_stats
+from .online import (build_bootstrap, sk_views, sk_objective, sk_weight, assign, assign_images, prototype_stats,
+                              check_sk_batch)
 from .distributed import (init_distributed, world_size, rank, is_main, rank_rows, micro_batch, pad_rows,
                                    all_mean, local_main_first, global_batchnorm)
 
@@ -145,6 +146,9 @@ def train(**config) -> Path:
     out, latent = Path(cfg.out_dir), getattr(data, "moments", False)     # latent: items are VAE moments (2, 2C, h, w)
     check_guidance(cfg.guidance, data.num_classes)
     online = cfg.guidance in ONLINE_MODES
+    if online: check_sk_batch(B, W)                                       # Sinkhorn needs 2 rows on every process
+    if online and cfg.clusters > len(data):
+        raise ValueError(f"--clusters {cfg.clusters} prototypes for {len(data)} training images: use at most {len(data)}")
     if online and W > 1 and cfg.sk_mask and cfg.sk_sinkhorn == "masked":
         raise ValueError("sk_sinkhorn='masked' needs a single process (a rank without masked rows would stall "
                          "Sinkhorn's all_reduce): use --sk-sinkhorn batch")

@@ -104,7 +104,6 @@ def test_more_clusters_than_images(online_run, tmp_path, capsys):
                               "--out-dir", str(tmp_path / "r")])
     assert "5000 clusters" in err
 
-@pytest.mark.xfail(strict=True, reason="online K > N needs a check in train() (05_train), not yet there: it trains")
 def test_more_prototypes_than_images(tmp_path, capsys):
     rng = np.random.default_rng(0)
     for i in range(16):

@@ -47,13 +47,14 @@ def test_distributed_sampling_two_gloo_processes_equal_one(tmp_path):
             assert torch.equal(x, one.x), (s, rank)
             assert nfe == one.nfe and chunk_nfe == one.chunk_nfe and len(chunk_nfe) == 4 and torch.equal(cr, c)
 
-def _cli_worker(rank, world, port, run, out):
-    _env(rank, world, port)
+def _cli_worker(rank, world, ports, run, out):
+    _env(rank, world, ports[0])
     import selfguide.cli as cli
     common = ["--solver", "dopri5", "--rtol", "1e-3", "--atol", "1e-3", "--batch-size", "3", "--seed", "2"]
     cli.main(["sample", "--run", run, "--n", "10", *common, "--out", f"{out}/two.npz"])  # joins the group from the env
     assert not dist.is_initialized()                                # main left no group behind
     cli.evaluate_samples = lambda images, *a, **k: {"n_samples": len(images), "mean": float(images.mean())}
+    os.environ["MASTER_PORT"] = str(ports[1])                       # a fresh port: the first group's may linger
     dist.init_process_group("gloo", rank=rank, world_size=world)   # as main does, and keep it to see the returns
     m = cli.evaluate(run=run, n=10, solver="euler", steps=2, batch_size=3, seed=1)
     res = cli.sample_run(run, 7, "euler", 2, batch_size=3)
@@ -65,7 +66,9 @@ def test_distributed_cli_sample_and_evaluate_write_on_rank_0_only(tmp_path):
     run = tmp_path / "run"
     main(["train", "--dataset", "digits", "--guidance", "class", "--preset", "tiny", "--patch-size", "4", "--steps", "2",
           "--batch-size", "16", "--device", "cpu", "--out-dir", str(run)])
-    mp.spawn(_cli_worker, args=(2, _free_port(), str(run), str(tmp_path)), nprocs=2)
+    ports = [_free_port()]
+    while len(ports) < 2: ports += [p for p in [_free_port()] if p != ports[0]]
+    mp.spawn(_cli_worker, args=(2, ports, str(run), str(tmp_path)), nprocs=2)
     one = sample_run(run, 10, "dopri5", rtol=1e-3, atol=1e-3, batch_size=3, seed=2)
     two = np.load(tmp_path / "two.npz")
     assert np.array_equal(two["images"], one["images"]) and np.array_equal(two["labels"], one["labels"])

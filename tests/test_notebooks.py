@@ -33,6 +33,7 @@ def test_paper_dataset_through_the_vae(tmp_path, dataset):
     vae, out = make_vae(tmp_path / "sd-vae-ft-ema"), tmp_path / "run"
     r = run_papermill("-p", "dataset", dataset, "-p", "data_root", str(root), "-p", "vae", str(vae), "-p", "preset", "tiny",
                       "-p", "patch_size", "4", "-p", "image_size", "32", "-p", "steps", "3", "-p", "batch_size", "4",
+                      "-p", "clusters", "4",                          # the recipe's online guidance, K fit for fixtures
                       "-p", "n_samples", "4", "-p", "n_eval", "4", "-p", "solver", "euler", "-p", "sample_steps", "2",
                       "-p", "out_dir", str(out), env={"SELFGUIDE_CACHE": str(tmp_path / "cache")})
     assert r.returncode == 0, r.stderr[-2000:]

@@ -48,7 +48,7 @@ def test_encode_cli_then_train_on_the_folder(tmp_path, vae, cache):
 
 def test_latents_without_vae_are_refused(tmp_path):
     np.savez(tmp_path / "lat.npz", latents=np.random.randn(8, 4, 8, 8).astype(np.float32))
-    run = train(dataset="latents", data_root=str(tmp_path / "lat.npz"), out_dir=str(tmp_path / "run"),
+    run = train(dataset="latents", data_root=str(tmp_path / "lat.npz"), guidance="none", out_dir=str(tmp_path / "run"),
                 **{**SMALL, "image_size": None, "patch_size": 2})
     with pytest.raises(ValueError, match="--vae"): sample_run(run, n=2, solver="euler", steps=1)
     with pytest.raises(ValueError, match="raw latents"):
