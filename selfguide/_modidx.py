@@ -59,7 +59,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                    'selfguide/distributed.py'),
                                        'selfguide.distributed.local_rank': ('distributed.html#local_rank', 'selfguide/distributed.py'),
                                        'selfguide.distributed.micro_batch': ('distributed.html#micro_batch', 'selfguide/distributed.py'),
-                                       'selfguide.distributed.on_main': ('distributed.html#on_main', 'selfguide/distributed.py'),
                                        'selfguide.distributed.pad_rows': ('distributed.html#pad_rows', 'selfguide/distributed.py'),
                                        'selfguide.distributed.rank': ('distributed.html#rank', 'selfguide/distributed.py'),
                                        'selfguide.distributed.rank_rows': ('distributed.html#rank_rows', 'selfguide/distributed.py'),

@@ -13,7 +13,7 @@ from torch.distributed._functional_collectives import all_reduce as all_reduce_w
 
 # %% auto #0
 __all__ = ['launched', 'world_size', 'rank', 'local_rank', 'is_main', 'init_distributed', 'micro_batch', 'rank_rows', 'pad_rows',
-           'all_mean', 'on_main', 'local_main_first', 'GlobalBatchNorm', 'global_batchnorm']
+           'all_mean', 'local_main_first', 'GlobalBatchNorm', 'global_batchnorm']
 
 # %% ../nbs/05a_distributed.ipynb #c006
 def launched() -> bool:
@@ -79,10 +79,6 @@ def all_mean(x: torch.Tensor) -> torch.Tensor:
     if world_size() == 1: return x
     x = x.clone(); dist.all_reduce(x)
     return x / world_size()
-
-def on_main(fn, *args, **kwargs):
-    "fn(*args, **kwargs) on rank 0 only, without a barrier; None on the other ranks"
-    return fn(*args, **kwargs) if is_main() else None
 
 @contextmanager
 def local_main_first():
