@@ -164,7 +164,7 @@ class UViT(nn.Module):
     def forward(self, x, t, c=None, drop=None):
         "Velocity for images `x` (B, C, H, W) at times `t` (B,) with condition `c`"
         h = self.blocks(self.tokens(x, t, c, drop))
-        h = self.decoder_pred(self.norm(h)[:, self.extras:])               # (B, N, p*p*C)
+        h = self.decoder_pred(self.norm(h))[:, self.extras:]               # (B, N, p*p*C): slice after the decoder
         return self.final_layer(self.unpatchify(h))                        # (B, C, H, W)
 
     def features(self, x, t, layer: int, c=None, drop=None) -> dict:

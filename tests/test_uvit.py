@@ -89,3 +89,24 @@ def test_cls_token_on_official_init_keeps_the_official_positions(tmp_path):
     pos = transfer_state(un, dst)["pos_embed"]                        # unconditional source: cond, CLS rows = time row
     assert torch.equal(pos[0, 0], un.pos_embed[0, 0]) and torch.equal(pos[0, 1], un.pos_embed[0, 0])
     assert torch.equal(pos[:, 3:], un.pos_embed[:, 1:])
+
+def previous_forward(m: UViT, x, t, c=None, drop=None):
+    "The forward pass before the speed fix of issue 12: LayerNorm and decoder on the patch tokens sliced out first"
+    h = m.blocks(m.tokens(x, t, c, drop))
+    return m.final_layer(m.unpatchify(m.decoder_pred(m.norm(h)[:, m.extras:])))
+
+@pytest.mark.parametrize("kw,cond", [(dict(num_classes=5), True), (dict(cond_slot=False), False),
+                                     (dict(num_classes=5, use_cls_token=True, conv=True), True)])
+def test_forward_and_gradients_equal_the_previous_implementation(kw, cond):
+    torch.manual_seed(0)
+    m = UViT(**TINY, **kw)
+    x, t = torch.randn(6, 4, 8, 8), torch.rand(6)
+    c, drop = (torch.randint(0, 5, (6,)), torch.tensor([True, False] * 3)) if cond else (None, None)
+    outs, grads = [], []
+    for f in (m.forward, lambda *a: previous_forward(m, *a)):
+        m.zero_grad(); v = f(x, t, c, drop); (v * torch.linspace(-1, 1, v.numel()).view_as(v)).sum().backward()
+        outs.append(v.detach()); grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+    assert torch.allclose(outs[0], outs[1], atol=1e-6, rtol=0)
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
+    for n, g in grads[0].items():  # relative to each gradient's scale: sums over more rows round differently
+        assert (g - grads[1][n]).abs().max() <= 1e-6 * grads[1][n].abs().max(), n
