@@ -38,8 +38,10 @@ pytest: venv data
 # Notebooks clean and exported, every notebook executed, then pytest (its summary line is the last line).
 test: venv data sync nbtest pytest
 
+# Speed measurements (not part of `make test`); OFFICIAL=path/to/libs/uvit.py adds the official U-ViT beside ours.
 bench: venv
 	$(BIN)/python benchmarks/attention.py
+	$(BIN)/python benchmarks/uvit_official.py $(if $(OFFICIAL),--official $(OFFICIAL))
 
 clean:
 	rm -rf $(VENV) _proc _docs .pytest_cache
