@@ -19,10 +19,10 @@ from .train import train, load_run
 from .sample import sample, SOLVERS, prototype_conditions, rank_chunks, gather_ranks
 from . import distributed
 from .runs import resolve_device
-from .metrics import evaluate_samples, check_inception, load_reference, load_samples, INCEPTION_ENV
+from .metrics import evaluate_samples, check_inception, load_reference, INCEPTION_ENV
 
 # %% auto #0
-__all__ = ['PAPER_N', 'INPUT_ERRORS', 'default_n', 'parser', 'sample_run', 'evaluate', 'main']
+__all__ = ['PAPER_N', 'INPUT_ERRORS', 'default_n', 'parser', 'sample_run', 'load_samples', 'evaluate', 'main']
 
 # %% ../nbs/09_cli.ipynb #c005
 PAPER_N = 10_000  # samples for FID at paper scale (Sec. 5.1)
@@ -133,6 +133,25 @@ def sample_run(run, n=None, solver="dopri5", steps=50, g=0.4, cls=None, rtol=1e-
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(out, **res)
     return res
+
+# %% ../nbs/09_cli.ipynb #c008b
+def load_samples(path, read: bool = True) -> np.ndarray | None:
+    "The uint8 images (N, H, W, C) of a samples .npz written by `selfguide sample` (checked only, None, unless `read`)"
+    p = Path(path).expanduser()
+    if not p.exists(): raise FileNotFoundError(f"no samples file {p} (--samples)")
+    if p.is_dir(): raise IsADirectoryError(f"{p} is a folder, not a samples .npz (--samples)")
+    try: z = np.load(p)
+    except Exception as e:
+        raise ValueError(f"{p} is not an .npz of samples (--samples): {type(e).__name__}: {e}") from e
+    keys = z.files if isinstance(z, np.lib.npyio.NpzFile) else ["(one array, an .npy)"]
+    if "images" not in keys:
+        raise ValueError(f"{p} has no array 'images' (found: {', '.join(keys)}): not a samples file (--samples)")
+    if not read: return None
+    x = z["images"]
+    if x.dtype != np.uint8 or x.ndim != 4:
+        raise ValueError(f"{p}: 'images' must be uint8 (N, H, W, C), got {x.dtype} {x.shape} (--samples)")
+    return x
+
 
 # %% ../nbs/09_cli.ipynb #c009
 def evaluate(samples=None, run=None, dataset=None, data_root=None, inception=None, n=None, solver="dopri5", steps=50,

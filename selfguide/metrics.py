@@ -18,7 +18,7 @@ from .runs import resolve_device
 __all__ = ['INCEPTION_ENV', 'as_images', 'feature_stats', 'frechet_distance', 'knn_radii', 'precision_recall', 'classifier_score',
            'FeatureClassifier', 'embed', 'train_classifier', 'train_test', 'load_classifier', 'classifier_metrics',
            'check_inception', 'clean_resize', 'InceptionFeatures', 'inception_features', 'inception_reference',
-           'load_reference', 'inception_metrics', 'load_samples', 'evaluate_samples']
+           'load_reference', 'inception_metrics', 'evaluate_samples']
 
 # %% ../nbs/07_metrics.ipynb #c005
 def as_images(x) -> torch.Tensor:
@@ -245,23 +245,6 @@ def inception_metrics(extractor, images, ref: dict, progress: bool = True) -> di
 from .guidance import cluster_scores, assignment_stats  # noqa: F401  defined with the clusters they score (the trainer and online guidance need them too)
 
 # %% ../nbs/07_metrics.ipynb #c038
-def load_samples(path, read: bool = True) -> np.ndarray | None:
-    "The uint8 images (N, H, W, C) of a samples .npz written by `selfguide sample` (checked only, None, unless `read`)"
-    p = Path(path).expanduser()
-    if not p.exists(): raise FileNotFoundError(f"no samples file {p} (--samples)")
-    if p.is_dir(): raise IsADirectoryError(f"{p} is a folder, not a samples .npz (--samples)")
-    try: z = np.load(p)
-    except Exception as e:
-        raise ValueError(f"{p} is not an .npz of samples (--samples): {type(e).__name__}: {e}") from e
-    keys = z.files if isinstance(z, np.lib.npyio.NpzFile) else ["(one array, an .npy)"]
-    if "images" not in keys:
-        raise ValueError(f"{p} has no array 'images' (found: {', '.join(keys)}): not a samples file (--samples)")
-    if not read: return None
-    x = z["images"]
-    if x.dtype != np.uint8 or x.ndim != 4:
-        raise ValueError(f"{p}: 'images' must be uint8 (N, H, W, C), got {x.dtype} {x.shape} (--samples)")
-    return x
-
 def evaluate_samples(images, dataset: str | None, data_root=None, inception=None, cache_dir=None, k: int = 5,
                      seed: int = 0, device="cpu", progress: bool = True, reference=None) -> dict:
     "Offline classifier metrics of samples beside their real floor, plus FID (against `reference` or the data) and IS"
