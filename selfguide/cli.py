@@ -71,7 +71,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--inception", default=None, help=f"local Inception weights for FID/IS (or set {INCEPTION_ENV})")
     e.add_argument("--reference-stats", default=None, help="FID against this .npz of Inception mu and sigma (U-ViT's or "
                    "ADM's fid_stats files) instead of statistics computed from the data (cached)")
-    e.add_argument("--n", type=int, default=None, help=f"samples to draw with --run ({PAPER_N} at paper scale, else 1000)")
+    e.add_argument("--n", type=int, default=None,
+                   help=f"samples to draw with --run ({PAPER_N} at paper scale, else 1000)")
     e.add_argument("--solver", default="dopri5", choices=SOLVERS); e.add_argument("--steps", type=int, default=50)
     e.add_argument("--g", type=float, default=0.4); e.add_argument("--seed", type=int, default=0)
     e.add_argument("--rtol", type=float, default=1e-5); e.add_argument("--atol", type=float, default=1e-5)
@@ -91,7 +92,7 @@ def parser() -> argparse.ArgumentParser:
 # %% ../nbs/09_cli.ipynb #c007
 def sample_run(run, n=None, solver="dopri5", steps=50, g=0.4, cls=None, rtol=1e-5, atol=1e-5, seed=0, batch_size=500,
                device="auto", out=None, prototype=None, query=None, vae=None) -> dict | None:
-    "Sample `n` images from the run folder `run`, split across ranks; rank 0 writes them to `out` (.npz); None elsewhere"
+    "Sample `n` images from the run folder `run`, split across ranks; rank 0 writes `out` (.npz); None elsewhere"
     model, cfg = load_run(run, device=device)
     n = n or default_n(cfg.dataset, 100)
     vae = vae or cfg.vae

@@ -21,7 +21,7 @@ class TrainConfig:
     dataset: str = "digits"        # one of selfguide.data.DATASETS
     data_root: str | None = None   # file or folder for datasets that need one
     image_size: int | None = None  # resize images (None: the dataset's own size; 256 for the paper's datasets)
-    recipe: str = "auto"           # settings not given explicitly: auto (the dataset's), none (these defaults) or a name
+    recipe: str = "auto"           # settings not given: auto (the dataset's), none (these defaults) or a name
     vae: str | None = None         # SD-VAE folder (diffusers AutoencoderKL): train on its latents, decode samples
     guidance: str = "none"         # one of selfguide.guidance.GUIDANCE_MODES
     preset: str = "uvit_l"         # one of selfguide.uvit.PRESETS
@@ -57,7 +57,7 @@ class TrainConfig:
     sk_stopgrad: bool = True       # online: the SK loss trains only the head and prototypes (Table 2: w/o stop-gradient)
     sk_warmup_weight: bool = True  # online: SK weight min(step / (sigma steps), 1) (Table 2: w/o warmup weight)
     sk_mask: bool = True           # online: SK loss on the batch's images with t in [0.15, 0.25]; False: all, at feature_t
-    sk_sinkhorn: str = "batch"     # online, with the mask: Sinkhorn over the whole batch (released code) or 'masked' rows
+    sk_sinkhorn: str = "batch"     # online, masked: Sinkhorn over the whole batch (released code) or the 'masked' rows
     sk_two_view: bool = False      # online: two noisings per image, each predicts the other's codes (SwAV)
     sk_form: str = "ce"            # online: SK loss 'ce' (released code) or 'frobenius' (Eq. 11)
     sk_temperature: float = 0.1

@@ -201,7 +201,7 @@ def load_dataset(name: str, data_root=None, image_size: int | None = None, split
 
 # %% ../nbs/00_data.ipynb #c026b
 def clean_batches(data, n_max: int | None = None, batch_size: int = 256, indices=None):
-    "Float batches (B, C, H, W) of `data` (ImageDataset, image tensor, any dataset): items `indices`, else the first `n_max`"
+    "Float batches (B, C, H, W) of `data` (ImageDataset, image tensor, any dataset): `indices`, else the first `n_max`"
     images = data.images if isinstance(data, ImageDataset) else data
     indices = torch.arange(min(len(images), n_max or len(images))) if indices is None else torch.as_tensor(indices)
     for idx in indices.split(batch_size):

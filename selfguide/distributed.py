@@ -44,7 +44,8 @@ def init_distributed(device: torch.device) -> torch.device:
     if not launched() or not dist.is_available(): return device
     if device.type == "cuda":
         lr, n = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
-        if lr >= n: raise RuntimeError(f"LOCAL_RANK {lr} but {n} GPUs visible: start at most {n} processes per node (--nproc_per_node)")
+        if lr >= n: raise RuntimeError(f"LOCAL_RANK {lr} but {n} GPUs visible: start at most {n} processes per node "
+                                       f"(--nproc_per_node)")
         device = torch.device("cuda", lr); torch.cuda.set_device(device)
     if not dist.is_initialized():
         cuda = device.type == "cuda"
@@ -95,7 +96,8 @@ class GlobalBatchNorm(nn.BatchNorm1d):
         if not (self.training and _joined()): return super().forward(x)
         dims, shape = [0, *range(2, x.ndim)], (1, -1, *[1] * (x.ndim - 2))  # (B, C[, L]): all but the channels
         xf = x.float()
-        s = all_reduce_with_grad(torch.cat([xf.sum(dims), torch.full((1,), xf.numel() / xf.shape[1], device=x.device)]), "sum", dist.group.WORLD)
+        count = torch.full((1,), xf.numel() / xf.shape[1], device=x.device)
+        s = all_reduce_with_grad(torch.cat([xf.sum(dims), count]), "sum", dist.group.WORLD)
         n, mean = s[-1], s[:-1] / s[-1]                                        # global count, mean (C,)
         var = all_reduce_with_grad((xf - mean.view(shape)).pow(2).sum(dims), "sum", dist.group.WORLD) / n  # biased (C,)
         if self.track_running_stats:

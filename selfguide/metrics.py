@@ -222,9 +222,10 @@ def inception_reference(extractor, dataset: str, data_root=None, image_size: int
 def load_reference(path) -> dict:
     "Inception statistics `mu` (D,) and `sigma` (D, D) from an .npz (U-ViT's and ADM's fid_stats files, our cache)"
     p = Path(path).expanduser()
-    if not p.is_file(): raise FileNotFoundError(f"no reference statistics at {p} (--reference-stats: .npz of mu, sigma)")
+    if not p.is_file(): raise FileNotFoundError(f"no reference statistics at {p} (--reference-stats: mu, sigma .npz)")
     with np.load(p) as z:                                                   # lazy: ADM's images stay unread
-        if not {"mu", "sigma"} <= set(z.files): raise ValueError(f"{p} holds {z.files}, not mu, sigma (--reference-stats)")
+        if not {"mu", "sigma"} <= set(z.files):
+            raise ValueError(f"{p} holds {z.files}, not mu, sigma (--reference-stats)")
         mu, sigma = z["mu"].astype(np.float64), z["sigma"].astype(np.float64)
     if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
         raise ValueError(f"{p}: mu {mu.shape} and sigma {sigma.shape} are not (D,) and (D, D) (--reference-stats)")

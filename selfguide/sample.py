@@ -99,7 +99,7 @@ def sample(model, n: int, c=None, g: float = 0.4, solver: str = "dopri5", steps:
            atol: float = 1e-5, path: str | ProbabilityPath = "cv", seed: int = 0, batch_size: int = 500,
            sde_scale: float = 1.0, amp: str = "auto", return_estimates: bool = False, progress: bool = True,
            chunks: range | None = None, distributed: bool = False) -> SampleResult:
-    "Draw `n` samples (or the block `chunks`, or split across ranks) with conditions `c` (n,) or (n, d) and guidance `g`"
+    "Draw `n` samples (or the block `chunks`, or split across ranks) with conditions `c` (n,) or (n, d), guidance `g`"
     if solver not in SOLVERS: raise ValueError(f"unknown solver {solver!r}; known solvers: {', '.join(SOLVERS)}")
     if solver not in ADAPTIVE and steps < 1: raise ValueError(f"steps must be >= 1 for {solver}, got {steps}")
     if return_estimates and solver in ADAPTIVE and n > batch_size:  # batches would take different time grids

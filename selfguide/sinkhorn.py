@@ -47,7 +47,7 @@ class ProjectionHead(nn.Module):
     "h_phi: Linear, BatchNorm, ReLU, Linear; L2-normalised output z"
     def __init__(self, in_dim: int, hidden: int = 512, out_dim: int = 128):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(),  # BN: no bias
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(),  # BN: bias
                                  nn.Linear(hidden, out_dim))
     def forward(self, x): return F.normalize(self.net(x), dim=1)        # (B, in_dim) -> (B, out_dim)
 

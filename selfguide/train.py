@@ -52,7 +52,7 @@ class StepBatchSampler(torch.utils.data.Sampler):
 
 # %% ../nbs/05_train.ipynb #c009b
 def step_inputs(x0, y, g, cfg, path, rows: slice, m_star: bool = False, latent_scale=None) -> tuple:
-    "(x0, noise, t, c, drop, m*'s noise, SK views) of this rank's `rows`: the global batch's draws from `g`, then `rows`"
+    "(x0, noise, t, c, drop, m*'s noise, SK views) of this rank's `rows`: the global batch's draws from `g`, sliced"
     B, online = cfg.batch_size, cfg.guidance in ONLINE_MODES
     if latent_scale is not None: x0 = draw_latents(pad_rows(x0, B, rows), latent_scale, g)[rows]  # z, random flip
     noise, t = torch.randn((B, *x0.shape[1:]), generator=g), path.sample_t(B, generator=g)       # (B, C, H, W), (B,)
@@ -148,7 +148,8 @@ def train(**config) -> Path:
     online = cfg.guidance in ONLINE_MODES
     if online: check_sk_batch(B, W)                                       # Sinkhorn needs 2 rows on every process
     if online and cfg.clusters > len(data):
-        raise ValueError(f"--clusters {cfg.clusters} prototypes for {len(data)} training images: use at most {len(data)}")
+        raise ValueError(f"--clusters {cfg.clusters} prototypes for {len(data)} training images: "
+                         f"use at most {len(data)}")
     if online and W > 1 and cfg.sk_mask and cfg.sk_sinkhorn == "masked":
         raise ValueError("sk_sinkhorn='masked' needs a single process (a rank without masked rows would stall "
                          "Sinkhorn's all_reduce): use --sk-sinkhorn batch")
@@ -264,7 +265,8 @@ def train(**config) -> Path:
                     model=dict(params=count_params(ema), blocks=model.num_blocks, tokens=model.num_patches + model.extras,
                                **({"head_params": count_params(model.bootstrap)} if online else {})),
                     metrics=metrics, recipe=recipe, **({"clusters": clusters} if clusters else {}),
-                    **({"latents": dict(folder=str(data.root), scale=data.scale, image_size=data.image_size)} if latent else {}),
+                    **({"latents": dict(folder=str(data.root), scale=data.scale, image_size=data.image_size)}
+                       if latent else {}),
                     **({"online": dict(warmup_end=warm_end, monitor=monitor)} if online else {}))
     return out
 
