@@ -47,6 +47,7 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "outputs/run"
     ckpt_every: int = 1_000        # checkpoint interval in steps (and always at the end)
+    keep_checkpoints: bool = False  # also keep checkpoints/step_<N>.pt at every ckpt_every (weaker versions of a run)
     resume: bool = True            # continue from out_dir's checkpoint when there is one
     init: str | None = None        # start from this run folder's EMA weights or an official U-ViT .pth (offline: its features)
     clusters: int = 300            # K of k-means (offline, external) or of the prototypes (online); paper: 300 on ImageNet-100

@@ -10,7 +10,7 @@ import torch
 
 # %% auto #0
 __all__ = ['ema_update', 'ema_decay_at', 'lr_at', 'resolve_device', 'autocast', 'git_revision', 'read_manifest',
-           'update_manifest', 'atomic_write', 'save_checkpoint']
+           'update_manifest', 'atomic_write', 'save_checkpoint', 'keep_checkpoint', 'run_checkpoints']
 
 # %% ../nbs/04c_runs.ipynb #c005
 @torch.no_grad()
@@ -81,3 +81,20 @@ def atomic_write(path, write) -> None:
 def save_checkpoint(path, **state) -> None:
     "torch.save `state` to `path` atomically (`atomic_write`): a crash or a kill leaves the previous checkpoint whole"
     atomic_write(path, lambda f: torch.save(state, f))
+
+# %% ../nbs/04c_runs.ipynb #c009b
+def keep_checkpoint(last, step: int) -> Path:
+    "Keep the checkpoint `last` (just written for `step`) as `step_<step>.pt` beside it: a hard link, else a copy"
+    kept = Path(last).with_name(f"step_{step}.pt")
+    kept.unlink(missing_ok=True)
+    try: os.link(last, kept)
+    except OSError: atomic_write(kept, lambda f: f.write(Path(last).read_bytes()))
+    return kept
+
+def run_checkpoints(run_dir) -> dict[int, Path]:
+    "{step: checkpoint file} of the run in `run_dir`: its kept `step_<N>.pt` and `last.pt` (under its own step)"
+    folder = Path(run_dir) / "checkpoints"
+    out = {int(p.stem.split("_")[1]): p for p in folder.glob("step_*.pt")}
+    if (folder / "last.pt").exists():
+        out[torch.load(folder / "last.pt", map_location="cpu", weights_only=False)["step"]] = folder / "last.pt"
+    return dict(sorted(out.items()))

@@ -19,7 +19,7 @@ from .paths import get_path
 from .uvit import build_uvit, count_params, load_official, official_schedule, transfer_state
 from .config import TrainConfig, resolve_config
 from .runs import (ema_update, ema_decay_at, lr_at, resolve_device, autocast, git_revision, read_manifest,
-                            update_manifest, save_checkpoint)
+                            update_manifest, save_checkpoint, keep_checkpoint)
 from .guidance import (check_guidance, condition_slot, batch_condition, cached_features, file_key, kmeans,
                                 cluster_scores, load_encoder, encoder_features, ONLINE_MODES)
 from .online import (build_bootstrap, sk_views, sk_objective, sk_weight, assign, assign_images, prototype_stats,
@@ -116,7 +116,7 @@ def cluster_conditions(cfg, data, device, init=None) -> tuple[object, dict]:
 
 # %% ../nbs/05_train.ipynb #c018
 _RESUMABLE = {"steps", "resume", "ckpt_every", "num_workers", "device", "out_dir",  # may change across a resume
-              "grad_accum", "compile"}
+              "grad_accum", "compile", "keep_checkpoints"}
 LOG_EVERY = 25  # steps between loss read-outs: the loop's only wait for the device
 
 def _online_stats(model, ema, data, cfg, path) -> dict:
@@ -190,6 +190,7 @@ def train(**config) -> Path:
         save_checkpoint(ckpt_path, model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=step,
                         losses=losses, sk_losses=sk_losses, monitor=monitor, config=asdict(cfg),
                         rng=dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate()))
+        if cfg.keep_checkpoints and step < cfg.steps: keep_checkpoint(ckpt_path, step)  # step_<N>.pt beside last.pt
 
     def read_losses(step):                            # the steps since the last read-out: means over ranks, one wait
         nonlocal pending, tick
@@ -272,9 +273,10 @@ def train(**config) -> Path:
 
 # %% ../nbs/05_train.ipynb #c020
 def load_run(run_dir, ema: bool = True, device: str = "auto"):
-    "(model, config) of the run in `run_dir`; the EMA weights unless `ema=False`; online runs: with `model.bootstrap`"
-    ck_path = Path(run_dir) / "checkpoints" / "last.pt"
-    if not ck_path.exists(): raise FileNotFoundError(f"no checkpoint at {ck_path}: is {run_dir} a training run folder (--run)?")
+    "(model, config) of a run folder (its last checkpoint) or a checkpoint file; EMA weights unless `ema=False`"
+    ck_path = Path(run_dir) if Path(run_dir).is_file() else Path(run_dir) / "checkpoints" / "last.pt"
+    if not ck_path.exists():
+        raise FileNotFoundError(f"no checkpoint at {ck_path}: is {run_dir} a training run folder or checkpoint file?")
     ck = torch.load(ck_path, map_location="cpu", weights_only=False)
     cfg = TrainConfig(**ck["config"])
     sd = {**ck["ema" if ema else "model"], **{k: v for k, v in ck["model"].items() if k.startswith("bootstrap.")}}  # head, prototypes: never averaged
