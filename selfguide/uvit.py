@@ -177,6 +177,7 @@ class UViT(nn.Module):
 
 # %% ../nbs/02_uvit.ipynb #c017
 PRESETS = {
+    "nano":   dict(embed_dim=64, depth=4, num_heads=2),     # a weaker guide for autoguidance at CPU scale
     "tiny":   dict(embed_dim=128, depth=6, num_heads=4),
     "uvit_s": dict(embed_dim=512, depth=12, num_heads=8),
     "uvit_m": dict(embed_dim=768, depth=16, num_heads=12),
