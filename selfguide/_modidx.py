@@ -245,6 +245,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'selfguide.sample': { 'selfguide.sample.SampleResult': ('sample.html#sampleresult', 'selfguide/sample.py'),
                                   'selfguide.sample._integrate': ('sample.html#_integrate', 'selfguide/sample.py'),
                                   'selfguide.sample.cfg_velocity': ('sample.html#cfg_velocity', 'selfguide/sample.py'),
+                                  'selfguide.sample.check_guide': ('sample.html#check_guide', 'selfguide/sample.py'),
+                                  'selfguide.sample.flow_scheduler': ('sample.html#flow_scheduler', 'selfguide/sample.py'),
                                   'selfguide.sample.gather_ranks': ('sample.html#gather_ranks', 'selfguide/sample.py'),
                                   'selfguide.sample.merge_results': ('sample.html#merge_results', 'selfguide/sample.py'),
                                   'selfguide.sample.prior_noise': ('sample.html#prior_noise', 'selfguide/sample.py'),

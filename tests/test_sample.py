@@ -1,6 +1,6 @@
 import pytest, torch
 from selfguide.uvit import build_uvit
-from selfguide.sample import sample, cfg_velocity, FIXED_STEP, rank_chunks, merge_results, prior_noise
+from selfguide.sample import sample, cfg_velocity, FIXED_STEP, MULTISTEP, SOLVERS, rank_chunks, merge_results, prior_noise
 from selfguide.paths import get_path
 
 @pytest.fixture(scope="module")
@@ -21,11 +21,40 @@ def test_fixed_step_nfe_is_exact(model, solver, steps):
     r = sample(model, 3, c=torch.tensor([0, 1, 2]), g=0.4, solver=solver, steps=steps)
     assert r.nfe == steps * FIXED_STEP[solver]
 
+@pytest.mark.parametrize("solver", list(MULTISTEP))
+@pytest.mark.parametrize("steps", [1, 2, 7, 20])
+def test_multistep_nfe_is_steps(model, solver, steps):
+    r = sample(model, 3, c=torch.tensor([0, 1, 2]), g=0.4, solver=solver, steps=steps)
+    assert solver in SOLVERS and r.nfe == steps and r.chunk_nfe == [steps] and r.nfe_guide == 0
+
+def test_multistep_solvers_refuse_other_paths(model):
+    for path in ("vp", "ve"):
+        with pytest.raises(ValueError, match="constant-velocity path"): sample(model, 2, solver="dpm_solver", path=path)
+
+class GaussianData(torch.nn.Module):
+    "Exact constant-velocity field for data N(mu, s0^2) per pixel: the flow maps x_1 to mu + s0 x_1"
+    def __init__(self, mu=0.7, s0=0.5, size=4):
+        super().__init__(); self.mu, self.s0, self.in_chans, self.img_size = mu, s0, 1, size
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+    def forward(self, x, t, c=None, drop=None):
+        t = t.reshape(-1, 1, 1, 1); sig = ((1 - t) ** 2 * self.s0 ** 2 + t ** 2).sqrt()
+        return -self.mu + (-(1 - t) * self.s0 ** 2 + t) / sig ** 2 * (x - (1 - t) * self.mu)
+
+@pytest.mark.parametrize("solver", list(MULTISTEP))
+@pytest.mark.parametrize("steps", [10, 15, 20])
+def test_multistep_solvers_land_on_the_exact_flow(solver, steps):
+    gd, x1 = GaussianData(), prior_noise(get_path("cv"), (1, 4, 4), 0, range(16))[0]
+    fine = sample(gd, 16, solver="euler", steps=2000, progress=False).x          # itself within 1e-3 of the exact map
+    r = sample(gd, 16, solver=solver, steps=steps)
+    assert r.nfe == steps
+    assert (r.x - fine).abs().max() < 2e-2 and (r.x - (0.7 + 0.5 * x1)).abs().max() < 2e-2  # measured <= 1.6e-2
+    assert (r.x - (0.7 + 0.5 * x1)).abs().max() < (sample(gd, 16, solver="euler", steps=steps).x - (0.7 + 0.5 * x1)).abs().max() / 4
+
 def test_sde_nfe_and_adaptive_counts(model):
     assert sample(model, 2, solver="euler_maruyama", steps=6).nfe == 6
     assert sample(model, 2, solver="dopri5", rtol=1e-3, atol=1e-3).nfe >= 6  # at least one dopri5 step
 
-@pytest.mark.parametrize("solver", ["dopri5", "euler", "euler_maruyama"])
+@pytest.mark.parametrize("solver", ["dopri5", "euler", "euler_maruyama", "dpm_solver", "unipc"])
 def test_same_seed_same_samples_bit_for_bit(model, solver):
     c = torch.tensor([0, 1, 2, 0])
     a = sample(model, 4, c=c, seed=7, solver=solver, steps=5, rtol=1e-3, atol=1e-3)
@@ -48,7 +77,7 @@ def test_a_samples_noise_depends_on_seed_and_index_only():
     x = prior_noise(get_path("cv"), (1, 4, 4), 5, range(7))[0]
     assert torch.equal(prior_noise(get_path("cv"), (1, 4, 4), 5, [6, 2])[0], x[[6, 2]])
 
-@pytest.mark.parametrize("solver", ["euler", "euler_maruyama", "dopri5"])
+@pytest.mark.parametrize("solver", ["euler", "euler_maruyama", "dopri5", "dpm_solver", "unipc"])
 def test_blocks_of_chunks_merge_into_the_one_call_result(model, solver):
     kw = dict(c=torch.arange(10) % 3, seed=1, solver=solver, steps=3, rtol=1e-3, atol=1e-3, batch_size=3)
     whole = sample(model, 10, **kw)
