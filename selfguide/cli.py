@@ -16,13 +16,13 @@ from .config import TrainConfig, training_data
 from .latents import encode, load_vae, decode
 from .runs import update_manifest, read_manifest
 from .train import train, load_run
-from .sample import sample, SOLVERS, prototype_conditions, rank_chunks, gather_ranks
+from .sample import sample, SOLVERS, prototype_conditions, rank_chunks, gather_ranks, check_guide
 from . import distributed
 from .runs import resolve_device
 from .metrics import evaluate_samples, check_inception, load_reference, INCEPTION_ENV
 
 # %% auto #0
-__all__ = ['PAPER_N', 'INPUT_ERRORS', 'default_n', 'parser', 'sample_run', 'load_samples', 'evaluate', 'main']
+__all__ = ['PAPER_N', 'INPUT_ERRORS', 'default_n', 'parser', 'load_guide', 'sample_run', 'load_samples', 'evaluate', 'main']
 
 # %% ../nbs/09_cli.ipynb #c005
 PAPER_N = 10_000  # samples for FID at paper scale (Sec. 5.1)
@@ -40,6 +40,12 @@ def _add_config_options(p: argparse.ArgumentParser, cls=TrainConfig):
         if f.type == "bool":
             p.add_argument(opt, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=note)
         else: p.add_argument(opt, type=_TYPES[f.type], default=argparse.SUPPRESS, help=note)
+
+def _add_autoguide_options(p: argparse.ArgumentParser):
+    p.add_argument("--autoguide", default=None, help="autoguidance by a weaker network of the same data: a kept "
+                   "checkpoint (RUN/checkpoints/step_<N>.pt, see --keep-checkpoints), a run folder, or a smaller run")
+    p.add_argument("--autoguide-g", type=float, default=None,
+                   help="autoguidance strength G: v + G (v - v_guide), Karras's w = 1 + G (default with --autoguide 1)")
 
 def parser() -> argparse.ArgumentParser:
     "The `selfguide` argument parser"
@@ -61,6 +67,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0); s.add_argument("--batch-size", type=int, default=500)
     s.add_argument("--device", default="auto")
     s.add_argument("--vae", default=None, help="SD-VAE folder to decode a latent run's samples (default: the run's)")
+    _add_autoguide_options(s)
     s.add_argument("--out", required=True, help="output .npz with images (uint8, N x H x W x C), labels and nfe")
     e = sub.add_parser("evaluate", help="offline metrics (and FID/IS with Inception weights) of an .npz or a run")
     src = e.add_mutually_exclusive_group(required=True)
@@ -77,6 +84,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--g", type=float, default=0.4); e.add_argument("--seed", type=int, default=0)
     e.add_argument("--rtol", type=float, default=1e-5); e.add_argument("--atol", type=float, default=1e-5)
     e.add_argument("--batch-size", type=int, default=500, help="samples per chunk (dopri5's samples depend on it)")
+    _add_autoguide_options(e)
     e.add_argument("--device", default="auto"); e.add_argument("--cache-dir", default=None, help="classifier and statistics cache")
     e.add_argument("--out", default=None, help="write the metrics to this .json")
     c = sub.add_parser("encode", help="SD-VAE moments of a dataset and its flips, in shards (--dataset latents)")
@@ -89,11 +97,39 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--num-workers", type=int, default=4); c.add_argument("--device", default="auto")
     return p
 
+# %% ../nbs/09_cli.ipynb #c006g
+def load_guide(path, run, cfg, model, c=None, device: str = "auto"):
+    "(guide network, whether it gets the condition c) for autoguiding `model` of run `run` (config `cfg`), checked"
+    p = Path(path).expanduser()
+    ck = p if p.is_file() else p / "checkpoints" / "last.pt"
+    if not ck.exists():
+        raise FileNotFoundError(f"no checkpoint at {ck} (--autoguide): give a checkpoint file or a run folder")
+    own = Path(run) / "checkpoints" / "last.pt"
+    if own.exists() and ck.samefile(own):
+        raise ValueError(f"--autoguide {path} is the run's own final checkpoint: guide with a weaker network (an "
+                         f"earlier checkpoint, kept with --keep-checkpoints, or a run of a smaller preset)")
+    guide, gcfg = load_run(ck, device=device)
+    data = lambda k: (DATASET_ALIASES.get(k.dataset, k.dataset), k.path)
+    if data(gcfg) != data(cfg):
+        raise ValueError(f"--autoguide {path} was trained on {gcfg.dataset} with path {gcfg.path}, the run on "
+                         f"{cfg.dataset} with path {cfg.path}: guide with a weaker network of the same data")
+    try: takes_c = check_guide(model, guide, c)
+    except ValueError as e: raise ValueError(f"--autoguide {path}: {e}") from None
+    same_run = ck.resolve().parent.parent == Path(run).resolve()
+    if takes_c and (gcfg.guidance != cfg.guidance or (cfg.guidance != "class" and not same_run)):
+        raise ValueError(f"--autoguide {path} (guidance={gcfg.guidance}) would read this run's conditions "
+                         f"(guidance={cfg.guidance}) as its own: use a checkpoint of this run or an unconditional run")
+    return guide, takes_c
+
 # %% ../nbs/09_cli.ipynb #c007
 def sample_run(run, n=None, solver="dopri5", steps=50, g=0.4, cls=None, rtol=1e-5, atol=1e-5, seed=0, batch_size=500,
-               device="auto", out=None, prototype=None, query=None, vae=None) -> dict | None:
+               device="auto", out=None, prototype=None, query=None, vae=None, autoguide=None,
+               autoguide_g=None) -> dict | None:
     "Sample `n` images from the run folder `run`, split across ranks; rank 0 writes `out` (.npz); None elsewhere"
-    model, cfg = load_run(run, device=device)
+    if autoguide is None and autoguide_g is not None:
+        raise ValueError("--autoguide-g needs --autoguide PATH (the weaker network to guide with)")
+    try: model, cfg = load_run(run, device=device)
+    except FileNotFoundError as e: raise FileNotFoundError(f"{e} (--run)") from None
     n = n or default_n(cfg.dataset, 100)
     vae = vae or cfg.vae
     if vae is None and model.in_chans not in (1, 3):
@@ -120,16 +156,22 @@ def sample_run(run, n=None, solver="dopri5", steps=50, g=0.4, cls=None, rtol=1e-
         if c is None: raise ValueError(f"--class needs a class- or cluster-guided run; {run} was trained with guidance={cfg.guidance!r}")
         if not 0 <= cls < model.num_classes: raise ValueError(f"--class must be in [0, {model.num_classes - 1}], got {cls}")
         c = labels = torch.full((n,), cls)
+    guide, sees_c = load_guide(autoguide, run, cfg, model, c, device) if autoguide is not None else (None, False)
+    G = 1.0 if autoguide_g is None else autoguide_g
     rank, world = distributed.rank(), distributed.world_size()             # (0, 1) without a launcher
     r = sample(model, n, c=c, g=g, solver=solver, steps=steps, rtol=rtol, atol=atol, path=cfg.path, seed=seed,
-               batch_size=batch_size, amp=cfg.amp, chunks=rank_chunks(n, batch_size, rank, world))  # this rank's block
+               batch_size=batch_size, amp=cfg.amp, chunks=rank_chunks(n, batch_size, rank, world),  # this rank's block
+               autoguide=guide, autoguide_g=G)
     dev = next(model.parameters()).device
     images = None if not len(r.x) else to_uint8(r.x) if vae is None else decode(load_vae(vae, dev), r.x)  # (m, C, H, W)
-    parts = gather_ranks((None if images is None else images.permute(0, 2, 3, 1).numpy(), r.chunk_nfe), dst=0)
+    parts = gather_ranks((None if images is None else images.permute(0, 2, 3, 1).numpy(), r.chunk_nfe,
+                          r.chunk_nfe_guide), dst=0)
     if parts is None: return None                                            # rank > 0: rank 0 holds and writes them
-    nfes = [k for _, ks in parts for k in ks]
-    res = dict(images=np.concatenate([p for p, _ in parts if p is not None]), labels=labels.numpy(),
-               nfe=np.array(sum(nfes) / len(nfes)), **extra)
+    nfes, nfe_guide = [k for _, ks, _ in parts for k in ks], [k for _, _, ks in parts for k in ks]
+    res = dict(images=np.concatenate([p for p, _, _ in parts if p is not None]), labels=labels.numpy(),
+               nfe=np.array(sum(nfes) / len(nfes)), nfe_guide=np.array(sum(nfe_guide) / len(nfe_guide)), **extra)
+    if guide is not None:
+        res |= dict(autoguide=np.array(str(autoguide)), autoguide_g=np.array(G), autoguide_sees_c=np.array(sees_c))
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(out, **res)
@@ -157,9 +199,10 @@ def load_samples(path, read: bool = True) -> np.ndarray | None:
 # %% ../nbs/09_cli.ipynb #c009
 def evaluate(samples=None, run=None, dataset=None, data_root=None, inception=None, n=None, solver="dopri5", steps=50,
              g=0.4, seed=0, rtol=1e-5, atol=1e-5, device="auto", cache_dir=None, out=None, reference_stats=None,
-             batch_size=500) -> dict | None:
+             batch_size=500, autoguide=None, autoguide_g=None) -> dict | None:
     "Metrics of the samples in an .npz (`samples`) or of `n` fresh samples from a run folder (`run`); None on ranks > 0"
     check_inception(inception)  # fail before any sampling
+    if run is None and autoguide is not None: raise ValueError("--autoguide needs --run: it guides the sampling")
     ref = None if reference_stats is None else load_reference(reference_stats)
     t0, rank, world = time.time(), distributed.rank(), distributed.world_size()
     if run is not None:
@@ -169,7 +212,8 @@ def evaluate(samples=None, run=None, dataset=None, data_root=None, inception=Non
         if dataset == "latents" and ref is None:
             raise ValueError(f"{run} trained on a latents folder: pass --dataset and --data-root of the images it "
                              "encodes, or --reference-stats")
-        res = sample_run(run, n, solver, steps, g, None, rtol, atol, seed, batch_size, device=device)
+        res = sample_run(run, n, solver, steps, g, None, rtol, atol, seed, batch_size, device=device,
+                         autoguide=autoguide, autoguide_g=autoguide_g)
         if res is None: return None                                         # rank > 0: rank 0 scores the samples
         images = res["images"]
     else:
@@ -180,7 +224,10 @@ def evaluate(samples=None, run=None, dataset=None, data_root=None, inception=Non
     m = evaluate_samples(images, dataset, data_root, inception, cache_dir, device=device, reference=ref)
     if run is not None:
         ev = dict(n=n, solver=solver, steps=steps, g=g, seed=seed, rtol=rtol, atol=atol, batch_size=batch_size,
-                  processes=world, reference_stats=None if ref is None else str(reference_stats))
+                  processes=world, reference_stats=None if ref is None else str(reference_stats),
+                  autoguide=None if autoguide is None else str(autoguide), autoguide_g=float(res.get("autoguide_g", 0)),
+                  autoguide_sees_c=bool(res.get("autoguide_sees_c", False)), nfe=float(res["nfe"]),
+                  nfe_guide=float(res["nfe_guide"]))
         update_manifest(run, metrics=m, evaluation=ev | dict(seconds=round(time.time() - t0, 1)))
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True); Path(out).write_text(json.dumps(m, indent=2) + "\n")
@@ -211,7 +258,8 @@ def _run(cmd: str, a: dict):
         try:
             res = sample_run(**a) if cmd == "sample" else evaluate(**a)
             if res is not None and cmd == "sample":
-                print(f"wrote {len(res['images'])} samples ({res['nfe']:.0f} evaluations each) to {a['out']}")
+                guided = f" and {res['nfe_guide']:.0f} of the autoguide" if "autoguide" in res else ""
+                print(f"wrote {len(res['images'])} samples ({res['nfe']:.0f} evaluations each{guided}) to {a['out']}")
             elif res is not None: print(json.dumps(res, indent=2))
         finally:
             if made: torch.distributed.destroy_process_group()              # leave no group behind

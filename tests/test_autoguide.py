@@ -73,7 +73,8 @@ def test_an_earlier_version_gets_the_same_condition(models):
 def test_a_guide_without_condition_slot_gets_none(models):
     seen = []
     guide = models["uncond"]
-    hook = guide.register_forward_pre_hook(lambda m, a, k: seen.append(a[2] if len(a) > 2 else k.get("c")), with_kwargs=True)
+    hook = guide.register_forward_pre_hook(lambda m, a, k: seen.append(a[2] if len(a) > 2 else k.get("c")),
+                                           with_kwargs=True)
     try:
         c = torch.randn(3, 16)                                              # an online run's prototype vectors
         assert check_guide(models["vec"], guide, c) is False

@@ -91,3 +91,63 @@ def test_evaluate_with_reference_stats_needs_no_data(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="--reference-stats"):
         main(["--debug", "evaluate", "--samples", str(tmp_path / "s.npz"), "--inception", str(inc),
               "--reference-stats", str(tmp_path / "no.npz")])
+
+@pytest.fixture(scope="module")
+def kept_run(tmp_path_factory):
+    "A class-guided tiny run with its checkpoints kept at steps 1 and 2, and an unconditional nano run of the same data"
+    d = tmp_path_factory.mktemp("autoguide")
+    common = ["--dataset", "digits", "--patch-size", "4", "--steps", "2", "--batch-size", "16"]
+    main(["train", *common, "--guidance", "class", "--preset", "tiny", "--keep-checkpoints", "--ckpt-every", "1",
+          "--out-dir", str(d / "run")])
+    main(["train", *common, "--guidance", "none", "--preset", "nano", "--out-dir", str(d / "nano")])
+    return d
+
+def test_sample_autoguided_by_an_earlier_checkpoint(kept_run, tmp_path, capsys):
+    from selfguide.runs import run_checkpoints
+    run, ck = kept_run / "run", run_checkpoints(kept_run / "run")
+    assert sorted(ck) == [1, 2]
+    main(["sample", "--run", str(run), "--n", "4", "--solver", "dpm_solver", "--steps", "3", "--autoguide", str(ck[1]),
+          "--autoguide-g", "2", "--out", str(tmp_path / "a.npz")])
+    z = np.load(tmp_path / "a.npz")
+    assert (int(z["nfe"]), int(z["nfe_guide"]), float(z["autoguide_g"]), str(z["autoguide"])) == (3, 3, 2.0, str(ck[1]))
+    assert bool(z["autoguide_sees_c"]) and z["labels"].tolist() == [0, 1, 2, 3]   # a class guide of the same run
+    assert "and 3 of the autoguide" in capsys.readouterr().out
+    main(["sample", "--run", str(run), "--n", "4", "--solver", "dpm_solver", "--steps", "3",
+          "--out", str(tmp_path / "b.npz")])
+    z = np.load(tmp_path / "b.npz")
+    assert int(z["nfe"]) == 3 and int(z["nfe_guide"]) == 0 and "autoguide" not in z.files
+
+def test_evaluate_records_autoguidance_in_the_manifest(kept_run):
+    import json
+    run = kept_run / "run"
+    main(["evaluate", "--run", str(run), "--n", "20", "--solver", "euler", "--steps", "2", "--autoguide",
+          str(kept_run / "nano"), "--autoguide-g", "0.5"])
+    ev = json.loads((run / "manifest.json").read_text())["evaluation"]
+    assert (ev["autoguide"], ev["autoguide_g"], ev["nfe"], ev["nfe_guide"]) == (str(kept_run / "nano"), 0.5, 2.0, 2.0)
+    assert ev["autoguide_sees_c"] is False                              # the nano run has no condition slot: fed None
+    main(["evaluate", "--run", str(run), "--n", "20", "--solver", "euler", "--steps", "2"])
+    ev = json.loads((run / "manifest.json").read_text())["evaluation"]
+    assert ev["autoguide"] is None and ev["nfe_guide"] == 0.0
+
+def test_bad_autoguide_input_is_one_clear_error(kept_run, tmp_path):
+    run, out = kept_run / "run", ["--out", str(tmp_path / "x.npz")]
+    def err(*extra):
+        with pytest.raises(SystemExit) as e:
+            main(["sample", "--run", str(run), "--n", "2", "--solver", "euler", *extra, *out])
+        assert e.value.code == 2
+    import contextlib, io
+    for extra, msg in ((["--autoguide-g", "1"], "--autoguide-g needs --autoguide"),
+                       (["--autoguide", str(tmp_path / "none")], "no checkpoint at"),
+                       (["--autoguide", str(run)], "own final checkpoint"),
+                       (["--autoguide", str(run / "checkpoints" / "last.pt")], "own final checkpoint")):
+        buf = io.StringIO()
+        with contextlib.redirect_stderr(buf): err(*extra)
+        line = buf.getvalue()
+        assert line.startswith("selfguide: error: ") and msg in line and line.count("\n") == 1
+    main(["train", "--dataset", "digits", "--image-size", "8", "--patch-size", "4", "--steps", "1",
+          "--batch-size", "16", "--preset", "nano", "--guidance", "none", "--out-dir", str(tmp_path / "small")])
+    with pytest.raises(ValueError, match="--autoguide .*takes 1 channels at 8 px, the model 1 at 16"):
+        main(["--debug", "sample", "--run", str(run), "--autoguide", str(tmp_path / "small"), *out])
+    with pytest.raises(ValueError, match="--autoguide needs --run"):
+        main(["--debug", "evaluate", "--samples", str(tmp_path / "x.npz"), "--dataset", "digits",
+              "--autoguide", str(run)])

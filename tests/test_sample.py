@@ -1,6 +1,7 @@
 import pytest, torch
 from selfguide.uvit import build_uvit
-from selfguide.sample import sample, cfg_velocity, FIXED_STEP, MULTISTEP, SOLVERS, rank_chunks, merge_results, prior_noise
+from selfguide.sample import (sample, cfg_velocity, FIXED_STEP, MULTISTEP, SOLVERS, rank_chunks, merge_results,
+                              prior_noise)
 from selfguide.paths import get_path
 
 @pytest.fixture(scope="module")
@@ -47,8 +48,9 @@ def test_multistep_solvers_land_on_the_exact_flow(solver, steps):
     fine = sample(gd, 16, solver="euler", steps=2000, progress=False).x          # itself within 1e-3 of the exact map
     r = sample(gd, 16, solver=solver, steps=steps)
     assert r.nfe == steps
-    assert (r.x - fine).abs().max() < 2e-2 and (r.x - (0.7 + 0.5 * x1)).abs().max() < 2e-2  # measured <= 1.6e-2
-    assert (r.x - (0.7 + 0.5 * x1)).abs().max() < (sample(gd, 16, solver="euler", steps=steps).x - (0.7 + 0.5 * x1)).abs().max() / 4
+    err = lambda x: (x - (0.7 + 0.5 * x1)).abs().max()
+    assert (r.x - fine).abs().max() < 2e-2 and err(r.x) < 2e-2                  # measured <= 1.6e-2
+    assert err(r.x) < err(sample(gd, 16, solver="euler", steps=steps).x) / 4     # Euler at the same cost: ~0.1
 
 def test_sde_nfe_and_adaptive_counts(model):
     assert sample(model, 2, solver="euler_maruyama", steps=6).nfe == 6
