@@ -153,8 +153,8 @@ def pm(stats: pd.DataFrame, cols=METRICS, digits: int = 2, by: str = "row") -> p
     return out
 
 def seed_rows(runs_dir, names: dict, seeds, **sampling) -> list[dict]:
-    "One row (row label, run, seed, metrics and floors) per finished run and seed; `names` maps row labels to runs"
-    return [dict(row=label, run=name, seed=s, **evaluate_cached(f, **sampling))
+    "One row (label, run, run_seed, metrics, floors, settings) per finished run and seed; `names`: row label -> run"
+    return [dict(row=label, run=name, run_seed=s, **evaluate_cached(f, **sampling))
             for label, name in names.items() for s, f in finished_runs(runs_dir, name, seeds).items()]
 
 # %% ../nbs/10_results.ipynb #c016
