@@ -141,7 +141,7 @@ def over_seeds(rows, by: str = "row", cols=METRICS) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     cols = [c for c in cols if c in df]
     g = df.groupby(by, sort=False)[cols]
-    out = g.mean().join(g.std(ddof=1).fillna(0.0), rsuffix="_std")
+    out = g.mean().join(g.std(ddof=1).fillna(0.0).add_suffix("_std"))
     return out.join(g.size().rename("seeds")).reset_index()
 
 def pm(stats: pd.DataFrame, cols=METRICS, digits: int = 2, by: str = "row") -> pd.DataFrame:
