@@ -7,7 +7,7 @@ export OMP_NUM_THREADS ?= 2
 export HF_HUB_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: venv demo test sync nbtest pytest data bench clean
+.PHONY: venv demo test sync nbtest pytest data bench reproduce clean
 
 # Create or update .venv whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -42,6 +42,12 @@ test: venv data sync nbtest pytest
 bench: venv
 	$(BIN)/python benchmarks/attention.py
 	$(BIN)/python benchmarks/uvit_official.py $(if $(OFFICIAL),--official $(OFFICIAL))
+
+# Every table and figure at CPU scale: train the shared runs (finished ones skipped), run the result notebooks,
+# write outputs/README.md. SEEDS=1 for a shorter pass.
+SEEDS ?= 3
+reproduce: venv data
+	$(BIN)/python experiments/reproduce.py all --seeds $(SEEDS)
 
 clean:
 	rm -rf $(VENV) _proc _docs .pytest_cache

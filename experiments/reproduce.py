@@ -1,59 +1,30 @@
 """`make reproduce`: the CPU-scale training runs every figure and table needs, then every result notebook.
 
     python experiments/reproduce.py train [--seeds 3] [--only NAME ...] [--jobs 2]
-    python experiments/reproduce.py notebooks [--seeds 3] [--only NAME ...]
-    python experiments/reproduce.py all [--seeds 3]
+    python experiments/reproduce.py notebooks [--seeds 3] [--only RESULT ...]
+    python experiments/reproduce.py readme
+    python experiments/reproduce.py all [--seeds 3]        # train + notebooks + readme
     python experiments/reproduce.py list
 
 Runs are shared between results (Table 1's rows are Table 2's full method, autoguidance's main models and Fig. 15's
-curves). A finished run (its last checkpoint at its final step) is skipped, so the chain resumes where it stopped.
-Run folders go to `runs/reproduce/<name>_s<seed>/` (not committed); the notebooks write `outputs/<result>/`.
+curves); the registry is `selfguide.results.RUNS`. A finished run (its manifest written after its last checkpoint)
+is skipped, so the chain resumes where it stopped. Run folders go to `runs/reproduce/<name>_s<seed>/` (not
+committed); each notebook writes `outputs/<result>/` (PNG, CSV, summary.md, the executed notebook), and its
+evaluations are cached in the run folders (`evals/`), so two results needing the same cell sample once.
 """
 from __future__ import annotations
-import argparse, json, os, subprocess, sys, time
+import argparse, os, re, subprocess, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from selfguide.results import RUNS, run_folder, run_options, run_order, is_finished  # noqa: E402
+
 RUNS_DIR = Path(os.environ.get("SELFGUIDE_RUNS", ROOT / "runs" / "reproduce"))
-KEEP = dict(keep_checkpoints=True)  # weaker versions (1/4, 1/2, 3/4 of the steps) for autoguidance and curves
-SMALL = dict(feature_readout="patches", sk_mask=False, feature_t=0.05)  # the small-image defaults (04a_online)
-PAPER = dict(feature_readout="token", sk_mask=True, feature_t=0.2)      # Algorithm 1 as written
-DIGITS = dict(dataset="digits")                                          # recipe cpu16: tiny, patch 4, 1,500 steps
-FASHION = dict(dataset="fashion_mnist")                                  # recipe cpu28: tiny, patch 7, 3,000 steps
-
-# name -> (training options over the dataset's recipe, the results that read it)
-RUNS = {
-    "digits_none": (dict(DIGITS, guidance="none", ckpt_every=375, **KEEP), "table1 autoguidance fig15"),
-    "digits_class": (dict(DIGITS, guidance="class", ckpt_every=375, **KEEP), "table1 autoguidance fig15"),
-    "digits_online": (dict(DIGITS, guidance="online", ckpt_every=300, monitor_every=100, **SMALL, **KEEP),
-                      "table1 autoguidance fig04 fig15 fig16"),
-    "digits_nano": (dict(DIGITS, guidance="none", preset="nano"), "autoguidance"),
-    "digits_online_paper": (dict(DIGITS, guidance="online", ckpt_every=300, monitor_every=100, **PAPER, **KEEP),
-                            "table1 table2 fig04"),
-    "digits_online_patch": (dict(DIGITS, guidance="online_patch", **SMALL), "table1 fig05"),
-    "digits_offline": (dict(DIGITS, guidance="offline", init="@digits_none", feature_t=0.2,
-                            feature_readout="patches"), "table1"),
-    "digits_external_pca": (dict(DIGITS, guidance="external", encoder="pca"), "table1"),
-    "digits_paper_no_stopgrad": (dict(DIGITS, guidance="online", **PAPER, sk_stopgrad=False), "table2"),
-    "digits_paper_no_cls": (dict(DIGITS, guidance="online", **dict(PAPER, feature_readout="mean")), "table2"),
-    "digits_paper_no_warmup_weight": (dict(DIGITS, guidance="online", **PAPER, sk_warmup_weight=False), "table2"),
-    "digits_paper_no_mask": (dict(DIGITS, guidance="online", **dict(PAPER, sk_mask=False)), "table2"),
-    "fashion_none": (dict(FASHION, guidance="none"), "table3"),
-    "fashion_online": (dict(FASHION, guidance="online", **SMALL), "table3"),
-    "fashion_class": (dict(FASHION, guidance="class"), "table3"),
-}
-
-
-def run_dir(name: str, seed: int) -> Path:
-    "The folder of run `name` with seed `seed`"
-    return RUNS_DIR / f"{name}_s{seed}"
-
-
-def options(name: str, seed: int) -> dict:
-    "Training options of run `name` under `seed` (`@other` names another run of the same seed)"
-    opts = dict(RUNS[name][0], seed=seed, out_dir=str(run_dir(name, seed)))
-    return {k: str(run_dir(v[1:], seed)) if isinstance(v, str) and v.startswith("@") else v for k, v in opts.items()}
+OUTPUTS = ROOT / "outputs"
+NOTEBOOKS = ("table1_guidance", "table2_ablations", "table3_datasets", "fig04_training", "fig07_nfe",
+             "fig11_guidance", "fig16_clusters", "fig19_trajectory", "fig05_query")
 
 
 def cli_args(opts: dict) -> list[str]:
@@ -65,41 +36,29 @@ def cli_args(opts: dict) -> list[str]:
     return out
 
 
-def finished(name: str, seed: int) -> bool:
-    "Whether the run's manifest records a finished training (written after its last checkpoint)"
-    m = run_dir(name, seed) / "manifest.json"
-    return m.exists() and "final_loss" in json.loads(m.read_text()).get("metrics", {})
+def todo_runs(names, seeds, runs_dir=RUNS_DIR, runs=RUNS) -> list[tuple[str, int]]:
+    "(name, seed) of the runs still to train, dependencies first"
+    return [(n, s) for s in seeds for n in run_order(names, runs) if not is_finished(run_folder(runs_dir, n, s))]
 
 
-def order(names):
-    "`names` with the runs they depend on (`@other`) first"
-    out = []
-    def visit(n):
-        for v in RUNS[n][0].values():
-            if isinstance(v, str) and v.startswith("@"): visit(v[1:])
-        if n not in out: out.append(n)
-    for n in names: visit(n)
-    return out
-
-
-def train_all(names, seeds, jobs: int = 1) -> None:
+def train_all(names, seeds, jobs: int = 1, runs_dir=RUNS_DIR, runs=RUNS) -> None:
     "Train every missing run; `jobs` at a time, each with an equal share of the cores"
-    todo = [(n, s) for s in seeds for n in order(names) if not finished(n, s)]
+    todo = todo_runs(names, seeds, runs_dir, runs)
     print(f"reproduce: {len(todo)} runs to train ({len(names) * len(seeds) - len(todo)} finished already)", flush=True)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
     def one(item):
         (n, s), i = item
-        out = run_dir(n, s); out.mkdir(parents=True, exist_ok=True)
+        out = run_folder(runs_dir, n, s); out.mkdir(parents=True, exist_ok=True)
         t0 = time.time(); print(f"[{i + 1}/{len(todo)}] train {out.name} ...", flush=True)
         with open(out / "train.log", "w") as log:
-            rc = subprocess.run([sys.executable, "-m", "selfguide", "train", *cli_args(options(n, s))],
+            rc = subprocess.run([sys.executable, "-m", "selfguide", "train", *cli_args(run_options(n, s, runs_dir, runs))],
                                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
         print(f"[{i + 1}/{len(todo)}] {out.name}: {'done' if rc == 0 else f'FAILED (exit {rc}), see {out}/train.log'}"
               f" in {(time.time() - t0) / 60:.1f} min", flush=True)
         return rc
     # a run that depends on another waits for it: dependent runs go after all runs without dependencies
-    first = [x for x in todo if not any(str(v).startswith("@") for v in RUNS[x[0]][0].values())]
+    first = [x for x in todo if not any(str(v).startswith("@") for v in runs[x[0]][0].values())]
     later = [x for x in todo if x not in first]
     rcs = []
     for batch in (first, later):
@@ -108,19 +67,69 @@ def train_all(names, seeds, jobs: int = 1) -> None:
     if any(rcs): sys.exit(f"reproduce: {sum(r != 0 for r in rcs)} runs failed")
 
 
+def notebook_command(name: str, seeds: int, runs_dir=RUNS_DIR, outputs=OUTPUTS) -> list[str]:
+    "The papermill command that runs result notebook `name` into outputs/<name>/<name>.ipynb"
+    return [sys.executable, "-m", "papermill", str(ROOT / "nbs" / f"{name}.ipynb"), str(outputs / name / f"{name}.ipynb"),
+            "-p", "runs_dir", str(runs_dir), "-p", "seeds", str(seeds), "-p", "out_dir", str(outputs / name),
+            "--cwd", str(ROOT)]
+
+
+def run_notebooks(names, seeds: int, runs_dir=RUNS_DIR, outputs=OUTPUTS) -> None:
+    "Execute each result notebook with papermill, with progress in the terminal"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
+    env.pop("IN_TEST", None)
+    failed = []
+    for i, name in enumerate(names):
+        (outputs / name).mkdir(parents=True, exist_ok=True)
+        t0 = time.time(); print(f"[{i + 1}/{len(names)}] {name} ...", flush=True)
+        with open(outputs / name / "papermill.log", "w") as log:
+            rc = subprocess.run(notebook_command(name, seeds, runs_dir, outputs), cwd=ROOT, env=env,
+                                stdout=log, stderr=subprocess.STDOUT).returncode
+        if rc: failed.append(name)
+        print(f"[{i + 1}/{len(names)}] {name}: {'done' if rc == 0 else f'FAILED (exit {rc}), see outputs/{name}/papermill.log'}"
+              f" in {(time.time() - t0) / 60:.1f} min", flush=True)
+    if failed: sys.exit(f"reproduce: notebooks failed: {', '.join(failed)}")
+
+
+def write_readme(names=NOTEBOOKS, outputs=OUTPUTS) -> Path:
+    "outputs/README.md from each result's summary.md (image links made relative to outputs/)"
+    parts = ["# Results at CPU scale, beside the paper's\n\nWritten by `python experiments/reproduce.py readme` from each "
+             "result's `summary.md` (`make reproduce` runs the whole chain). Our quality metric is `fd_cls`, a Frechet "
+             "distance in a small classifier's features, not FID; the paper's numbers are FID/IS on ImageNet and LSUN."]
+    for name in names:
+        f = outputs / name / "summary.md"
+        if not f.exists(): parts.append(f"## {name}\n\nNot run yet (`python experiments/reproduce.py notebooks --only {name}`)."); continue
+        text = re.sub(r"\]\((?!https?:|/)([^)]+)\)", lambda m: f"]({name}/{m.group(1)})", f.read_text().strip())
+        parts.append(text + f"\n\n(notebook: [{name}/{name}.ipynb]({name}/{name}.ipynb))")
+    path = outputs / "README.md"; path.write_text("\n\n".join(parts) + "\n")
+    return path
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="reproduce", description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=("train", "list"))
+    p.add_argument("what", choices=("train", "notebooks", "readme", "all", "list"))
     p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 of every run")
-    p.add_argument("--only", nargs="*", default=None, help="run names (default: all)")
+    p.add_argument("--only", nargs="*", default=None, help="run names (train, list) or result notebooks (notebooks)")
     p.add_argument("--jobs", type=int, default=2, help="runs trained at once")
     a = p.parse_args(argv)
+    if a.what in ("notebooks", "readme"):
+        names = a.only or list(NOTEBOOKS)
+        unknown = [n for n in names if n not in NOTEBOOKS]
+        if unknown: sys.exit(f"reproduce: unknown results {unknown}; known: {', '.join(NOTEBOOKS)}")
+        if a.what == "notebooks": run_notebooks(names, a.seeds)
+        print(f"wrote {write_readme()}")
+        return
     names = a.only or list(RUNS)
     unknown = [n for n in names if n not in RUNS]
     if unknown: sys.exit(f"reproduce: unknown runs {unknown}; known: {', '.join(RUNS)}")
     if a.what == "list":
-        for n in names: print(n, [("done" if finished(n, s) else "todo") for s in range(a.seeds)], RUNS[n][1])
-    else: train_all(names, range(a.seeds), a.jobs)
+        for n in names:
+            print(n, [("done" if is_finished(run_folder(RUNS_DIR, n, s)) else "todo") for s in range(a.seeds)], RUNS[n][1])
+        return
+    train_all(names, range(a.seeds), a.jobs)
+    if a.what == "all":
+        run_notebooks(list(NOTEBOOKS), a.seeds)
+        print(f"wrote {write_readme()}")
 
 
 if __name__ == "__main__":

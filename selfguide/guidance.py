@@ -14,9 +14,10 @@ from .data import ImageDataset, to_float, cache_root, data_key, clean_batches
 from .paths import get_path
 
 # %% auto #0
-__all__ = ['GUIDANCE_MODES', 'PLANNED_MODES', 'LABELLED_MODES', 'ONLINE_MODES', 'READOUTS', 'MAX_FEATURE_BYTES', 'check_guidance',
-           'condition_slot', 'batch_condition', 'sample_conditions', 'diffusion_features', 'cached_features',
-           'file_key', 'kmeans', 'cluster_scores', 'assignment_stats', 'load_encoder', 'encoder_features']
+__all__ = ['GUIDANCE_MODES', 'PLANNED_MODES', 'LABELLED_MODES', 'ONLINE_MODES', 'READOUTS', 'MAX_FEATURE_BYTES', 'PCA_COMPONENTS',
+           'check_guidance', 'condition_slot', 'batch_condition', 'sample_conditions', 'diffusion_features',
+           'cached_features', 'file_key', 'kmeans', 'cluster_scores', 'assignment_stats', 'PixelPCA', 'pca_encoder',
+           'load_encoder', 'encoder_features']
 
 # %% ../nbs/04_guidance.ipynb #c005
 GUIDANCE_MODES = ("none", "class", "offline", "external", "online", "online_patch")
@@ -133,9 +134,31 @@ def assignment_stats(assign, num_clusters: int | None = None) -> dict:
     return dict(counts=counts.tolist(), entropy=h, entropy_norm=h / float(np.log(len(counts))) if len(counts) > 1 else 0.0,
                 used=float((counts > 0).mean()), largest=float(p.max()))
 
+# %% ../nbs/04_guidance.ipynb #c018b
+PCA_COMPONENTS = 16  # kmeans whitens them: more components weigh noise as much as shape
+
+class PixelPCA:
+    "PCA of the flattened pixels, fitted on the images it is asked to encode (guidance='external', encoder='pca')"
+    source = "pca of pixels"
+    def __init__(self, n_components: int = PCA_COMPONENTS, seed: int = 0): self.n_components, self.seed = n_components, seed
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        "Components (N, n_components) of uint8 images (N, C, H, W)"
+        from sklearn.decomposition import PCA
+        x = images.flatten(1).float().div(255).numpy()                                # (N, C*H*W)
+        k = min(self.n_components, *x.shape)
+        return torch.from_numpy(PCA(k, svd_solver="full", random_state=self.seed).fit_transform(x)).float()  # (N, k)
+
+def pca_encoder(name: str) -> PixelPCA | None:
+    "`PixelPCA` for the encoder names 'pca' and 'pcaN' (N components), else None"
+    if name == "pca": return PixelPCA()
+    if name.startswith("pca") and name[3:].isdigit() and int(name[3:]) > 0: return PixelPCA(int(name[3:]))
+    return None
+
 # %% ../nbs/04_guidance.ipynb #c017
 def load_encoder(name: str, weights, device="cpu"):
-    "timm model `name` without classifier head, weights from the local file `weights` (--encoder-weights)"
+    "timm model `name` without classifier head, weights from the local file `weights` (--encoder-weights); or `PixelPCA`"
+    if (pca := pca_encoder(name)) is not None: return pca                # no weights: fitted on the data it encodes
     import timm
     if weights is None or not Path(weights).is_file():
         raise FileNotFoundError(f"encoder weights {weights} not found: pass --encoder-weights PATH, a local state dict for timm's {name!r}")
@@ -151,6 +174,7 @@ def load_encoder(name: str, weights, device="cpu"):
 def encoder_features(encoder, data, batch_size: int = 128, progress: bool = True) -> torch.Tensor:
     "Pooled features (N, F) of an image encoder for the images of `data`"
     images = data.images if isinstance(data, ImageDataset) else data
+    if isinstance(encoder, PixelPCA): return encoder(images)                                          # (N, k)
     cfg = encoder.pretrained_cfg if hasattr(encoder, "pretrained_cfg") else {}
     size = cfg.get("input_size", (3, 224, 224))[-1]
     mean, std = (torch.tensor(cfg.get(k, d)).view(1, 3, 1, 1) for k, d in (("mean", (0.485, 0.456, 0.406)), ("std", (0.229, 0.224, 0.225))))

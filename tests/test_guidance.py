@@ -103,3 +103,22 @@ def test_ddpm_features_read_the_input_noised_on_the_official_schedule():
     with torch.no_grad(): ref = net.features(get_path("ddpm").x_t(to_float(images), noise, t), t, 1)["mean"]
     assert torch.allclose(f, ref, atol=1e-6)
     assert not torch.allclose(f, diffusion_features(net, images, 1, 0.2, "mean", path="cv", seed=3, progress=False))
+
+def test_pca_encoder_clusters_pixels_without_weights(tmp_path):
+    from selfguide.guidance import PixelPCA, load_encoder, encoder_features
+    enc = load_encoder("pca", None)                                     # no weights file needed
+    assert isinstance(enc, PixelPCA) and enc.source == "pca of pixels" and enc.n_components == 16
+    rng = np.random.default_rng(0)
+    centers = rng.integers(0, 256, (4, 1, 16, 16))
+    y = np.arange(80) % 4
+    imgs = np.clip(centers[y] + rng.normal(0, 20, (80, 1, 16, 16)), 0, 255).astype(np.uint8)
+    f = encoder_features(load_encoder("pca8", None), torch.from_numpy(imgs))
+    assert f.shape == (80, 8) and torch.isfinite(f).all()
+    assert cluster_scores(kmeans(f, 4), y)["nmi"] > 0.99                # separated images stay separated
+    np.savez(tmp_path / "d.npz", images=imgs[:, 0], labels=y)
+    run = train(dataset="npz", data_root=str(tmp_path / "d.npz"), guidance="external", encoder="pca4", clusters=4,
+                preset="tiny", patch_size=4, batch_size=8, steps=2, out_dir=str(tmp_path / "pca"))
+    m = read_manifest(run)
+    assert m["clusters"]["source"] == "pca4" and sum(m["clusters"]["counts"]) == 80 and m["metrics"]["nmi"] > 0.99
+    model, _ = load_run(run)
+    assert model.num_classes == 4

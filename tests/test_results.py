@@ -1,0 +1,59 @@
+"""Result plumbing: the run registry, finished-run skipping, CLI and papermill arguments, the README from summaries."""
+import importlib.util, json, subprocess, sys
+from pathlib import Path
+import pandas as pd, pytest
+from selfguide.results import run_order, run_options, over_seeds, pm, write_summary, paper_table, finished_runs
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("reproduce", ROOT / "experiments" / "reproduce.py")
+reproduce = importlib.util.module_from_spec(spec); spec.loader.exec_module(reproduce)
+
+FAKE = {"base": (dict(guidance="none", steps=3, keep_checkpoints=True), "t1"),
+        "child": (dict(guidance="offline", init="@base", sk_mask=False), "t1"),
+        "other": (dict(guidance="class"), "t2")}
+
+def _finish(folder):
+    folder.mkdir(parents=True); (folder / "manifest.json").write_text(json.dumps(dict(metrics=dict(final_loss=0.1))))
+
+def test_dependencies_come_first_and_name_the_same_seed(tmp_path):
+    assert run_order(["child", "other"], FAKE) == ["base", "child", "other"]
+    assert run_options("child", 1, tmp_path, FAKE)["init"] == str(tmp_path / "base_s1")
+    with pytest.raises(KeyError, match="unknown run"): run_order(["nope"], FAKE)
+
+def test_cli_args_spell_booleans_and_values():
+    args = reproduce.cli_args(run_options("child", 0, "/r", FAKE))
+    assert args[:2] == ["--guidance", "offline"] and "--no-sk-mask" in args and ["--init", "/r/base_s0"] == args[2:4]
+    assert "--keep-checkpoints" in reproduce.cli_args(FAKE["base"][0])
+
+def test_finished_runs_are_skipped(tmp_path, monkeypatch):
+    _finish(tmp_path / "base_s0"); (tmp_path / "child_s0").mkdir()     # child s0 started, not finished
+    assert reproduce.todo_runs(["child"], [0, 1], tmp_path, FAKE) == [("child", 0), ("base", 1), ("child", 1)]
+    calls = []
+    monkeypatch.setattr(reproduce.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    reproduce.train_all(["child"], [0], jobs=1, runs_dir=tmp_path, runs=FAKE)
+    assert len(calls) == 1 and calls[0][1:4] == ["-m", "selfguide", "train"] and str(tmp_path / "child_s0") in calls[0]
+    assert list(finished_runs(tmp_path, "base", [0, 1])) == [0]
+
+def test_notebooks_get_runs_dir_seeds_and_their_output_folder(tmp_path, monkeypatch, capsys):
+    cmds = []
+    monkeypatch.setattr(reproduce.subprocess, "run", lambda cmd, **kw: cmds.append((cmd, kw)) or subprocess.CompletedProcess(cmd, 0))
+    reproduce.run_notebooks(["table1_guidance", "fig07_nfe"], 2, tmp_path / "runs", tmp_path / "out")
+    cmd, kw = cmds[0]
+    assert cmd[1:3] == ["-m", "papermill"] and cmd[4] == str(tmp_path / "out" / "table1_guidance" / "table1_guidance.ipynb")
+    assert ["-p", "runs_dir", str(tmp_path / "runs")] == cmd[5:8] and ["-p", "seeds", "2"] == cmd[8:11]
+    assert "IN_TEST" not in kw["env"]
+    assert "[2/2] fig07_nfe ..." in capsys.readouterr().out
+    assert all((ROOT / "nbs" / f"{n}.ipynb").exists() for n in reproduce.NOTEBOOKS)
+
+def test_readme_gathers_summaries_with_relative_images(tmp_path):
+    write_summary(tmp_path / "table1_guidance", "Table 1", "It matches.", [pd.DataFrame(dict(row=["a"], x=[1.0]))], ["t.png"])
+    text = reproduce.write_readme(["table1_guidance", "fig07_nfe"], tmp_path).read_text()
+    assert "![t](table1_guidance/t.png)" in text and "| a | 1.00 |" in text and "It matches." in text
+    assert "## fig07_nfe\n\nNot run yet" in text
+
+def test_over_seeds_and_paper_tables():
+    st = over_seeds([dict(row="a", fd_cls=2.0, precision=0.5), dict(row="a", fd_cls=4.0, precision=0.7)])
+    t = pm(st)
+    assert t.fd_cls[0] == "3.00 ± 1.41" and t.precision[0] == "0.60 ± 0.14" and t.seeds[0] == 2 and "recall" not in t
+    assert paper_table("table1").set_index("row").paper_FID["unconditional"] == 45.1
+    assert paper_table("table3_lsun_churches").set_index("row").paper_FID.isna()["class guidance"]
