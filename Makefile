@@ -43,8 +43,8 @@ bench: venv
 	$(BIN)/python benchmarks/attention.py
 	$(BIN)/python benchmarks/uvit_official.py $(if $(OFFICIAL),--official $(OFFICIAL))
 
-# Every table and figure at CPU scale: train the shared runs (finished ones skipped), run the result notebooks,
-# write outputs/README.md. SEEDS=1 for a shorter pass.
+# Every table and figure at CPU scale, and the autoguidance study: train the shared runs (finished ones skipped),
+# run the result notebooks (experiments/reproduce.py NOTEBOOKS), write outputs/README.md. SEEDS=1 for a shorter pass.
 SEEDS ?= 3
 reproduce: venv data
 	$(BIN)/python experiments/reproduce.py all --seeds $(SEEDS)

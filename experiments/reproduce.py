@@ -6,11 +6,12 @@
     python experiments/reproduce.py all [--seeds 3]        # train + notebooks + readme
     python experiments/reproduce.py list
 
-Runs are shared between results (Table 1's rows are Table 2's full method, autoguidance's main models and Fig. 15's
-curves); the registry is `selfguide.results.RUNS`. A finished run (its manifest written after its last checkpoint)
-is skipped, so the chain resumes where it stopped. Run folders go to `runs/reproduce/<name>_s<seed>/` (not
-committed); each notebook writes `outputs/<result>/` (PNG, CSV, summary.md, the executed notebook), and its
-evaluations are cached in the run folders (`evals/`), so two results needing the same cell sample once.
+Runs are shared between results (Table 1's rows are Table 2's full method, autoguidance's main models, Fig. 15's
+curves, and its unconditional run is what the Fig. 3 sweep clusters); the registry is `selfguide.results.RUNS`.
+A finished run (its manifest written after its last checkpoint) is skipped, so the chain resumes where it stopped.
+Run folders go to `runs/reproduce/<name>_s<seed>/` (not committed); each notebook writes `outputs/<result>/` (PNG,
+CSV, summary.md, the executed notebook), and its evaluations are cached in the run folders (`evals/`), so two
+results needing the same cell sample once.
 """
 from __future__ import annotations
 import argparse, os, re, subprocess, sys, time
@@ -23,8 +24,8 @@ from selfguide.results import RUNS, run_folder, run_options, run_order, is_finis
 
 RUNS_DIR = Path(os.environ.get("SELFGUIDE_RUNS", ROOT / "runs" / "reproduce"))
 OUTPUTS = ROOT / "outputs"
-NOTEBOOKS = ("table1_guidance", "table2_ablations", "table3_datasets", "fig04_training", "fig07_nfe",
-             "fig11_guidance", "fig16_clusters", "fig19_trajectory", "fig05_query")
+NOTEBOOKS = ("table1_guidance", "table2_ablations", "table3_datasets", "sweep_nmi_ari", "fig04_training",
+             "fig05_query", "fig07_nfe", "fig11_guidance", "fig16_clusters", "fig19_trajectory", "autoguidance")
 
 
 def cli_args(opts: dict) -> list[str]:
@@ -44,18 +45,19 @@ def todo_runs(names, seeds, runs_dir=RUNS_DIR, runs=RUNS) -> list[tuple[str, int
 def train_all(names, seeds, jobs: int = 1, runs_dir=RUNS_DIR, runs=RUNS) -> None:
     "Train every missing run; `jobs` at a time, each with an equal share of the cores"
     todo = todo_runs(names, seeds, runs_dir, runs)
-    print(f"reproduce: {len(todo)} runs to train ({len(names) * len(seeds) - len(todo)} finished already)", flush=True)
+    done = len(names) * len(seeds) - len(todo)
+    print(f"reproduce: {len(todo)} runs to train ({done} finished already)", flush=True)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
     def one(item):
         (n, s), i = item
         out = run_folder(runs_dir, n, s); out.mkdir(parents=True, exist_ok=True)
         t0 = time.time(); print(f"[{i + 1}/{len(todo)}] train {out.name} ...", flush=True)
+        cmd = [sys.executable, "-m", "selfguide", "train", *cli_args(run_options(n, s, runs_dir, runs))]
         with open(out / "train.log", "w") as log:
-            rc = subprocess.run([sys.executable, "-m", "selfguide", "train", *cli_args(run_options(n, s, runs_dir, runs))],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-        print(f"[{i + 1}/{len(todo)}] {out.name}: {'done' if rc == 0 else f'FAILED (exit {rc}), see {out}/train.log'}"
-              f" in {(time.time() - t0) / 60:.1f} min", flush=True)
+            rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        what = "done" if rc == 0 else f"FAILED (exit {rc}), see {out}/train.log"
+        print(f"[{i + 1}/{len(todo)}] {out.name}: {what} in {(time.time() - t0) / 60:.1f} min", flush=True)
         return rc
     # a run that depends on another waits for it: dependent runs go after all runs without dependencies
     first = [x for x in todo if not any(str(v).startswith("@") for v in runs[x[0]][0].values())]
@@ -69,9 +71,9 @@ def train_all(names, seeds, jobs: int = 1, runs_dir=RUNS_DIR, runs=RUNS) -> None
 
 def notebook_command(name: str, seeds: int, runs_dir=RUNS_DIR, outputs=OUTPUTS) -> list[str]:
     "The papermill command that runs result notebook `name` into outputs/<name>/<name>.ipynb"
-    return [sys.executable, "-m", "papermill", str(ROOT / "nbs" / f"{name}.ipynb"), str(outputs / name / f"{name}.ipynb"),
-            "-p", "runs_dir", str(runs_dir), "-p", "seeds", str(seeds), "-p", "out_dir", str(outputs / name),
-            "--cwd", str(ROOT)]
+    return [sys.executable, "-m", "papermill", str(ROOT / "nbs" / f"{name}.ipynb"),
+            str(outputs / name / f"{name}.ipynb"), "-p", "runs_dir", str(runs_dir), "-p", "seeds", str(seeds),
+            "-p", "out_dir", str(outputs / name), "--cwd", str(ROOT)]
 
 
 def run_notebooks(names, seeds: int, runs_dir=RUNS_DIR, outputs=OUTPUTS) -> None:
@@ -86,19 +88,22 @@ def run_notebooks(names, seeds: int, runs_dir=RUNS_DIR, outputs=OUTPUTS) -> None
             rc = subprocess.run(notebook_command(name, seeds, runs_dir, outputs), cwd=ROOT, env=env,
                                 stdout=log, stderr=subprocess.STDOUT).returncode
         if rc: failed.append(name)
-        print(f"[{i + 1}/{len(names)}] {name}: {'done' if rc == 0 else f'FAILED (exit {rc}), see outputs/{name}/papermill.log'}"
-              f" in {(time.time() - t0) / 60:.1f} min", flush=True)
+        what = "done" if rc == 0 else f"FAILED (exit {rc}), see outputs/{name}/papermill.log"
+        print(f"[{i + 1}/{len(names)}] {name}: {what} in {(time.time() - t0) / 60:.1f} min", flush=True)
     if failed: sys.exit(f"reproduce: notebooks failed: {', '.join(failed)}")
 
 
 def write_readme(names=NOTEBOOKS, outputs=OUTPUTS) -> Path:
     "outputs/README.md from each result's summary.md (image links made relative to outputs/)"
-    parts = ["# Results at CPU scale, beside the paper's\n\nWritten by `python experiments/reproduce.py readme` from each "
-             "result's `summary.md` (`make reproduce` runs the whole chain). Our quality metric is `fd_cls`, a Frechet "
-             "distance in a small classifier's features, not FID; the paper's numbers are FID/IS on ImageNet and LSUN."]
+    parts = ["# Results at CPU scale, beside the paper's\n\nWritten by `python experiments/reproduce.py readme` from "
+             "each result's `summary.md` (`make reproduce` runs the whole chain). Our quality metric is `fd_cls`, a "
+             "Frechet distance in a small classifier's features, not FID; the paper's numbers are FID/IS on ImageNet "
+             "and LSUN. Table cells are mean ± std (ddof 1) over the seeds that finished."]
     for name in names:
         f = outputs / name / "summary.md"
-        if not f.exists(): parts.append(f"## {name}\n\nNot run yet (`python experiments/reproduce.py notebooks --only {name}`)."); continue
+        if not f.exists():
+            parts.append(f"## {name}\n\nNot run yet (`python experiments/reproduce.py notebooks --only {name}`).")
+            continue
         text = re.sub(r"\]\((?!https?:|/)([^)]+)\)", lambda m: f"]({name}/{m.group(1)})", f.read_text().strip())
         parts.append(text + f"\n\n(notebook: [{name}/{name}.ipynb]({name}/{name}.ipynb))")
     path = outputs / "README.md"; path.write_text("\n\n".join(parts) + "\n")
@@ -124,7 +129,8 @@ def main(argv=None) -> None:
     if unknown: sys.exit(f"reproduce: unknown runs {unknown}; known: {', '.join(RUNS)}")
     if a.what == "list":
         for n in names:
-            print(n, [("done" if is_finished(run_folder(RUNS_DIR, n, s)) else "todo") for s in range(a.seeds)], RUNS[n][1])
+            state = ["done" if is_finished(run_folder(RUNS_DIR, n, s)) else "todo" for s in range(a.seeds)]
+            print(n, state, RUNS[n][1])
         return
     train_all(names, range(a.seeds), a.jobs)
     if a.what == "all":

@@ -5,7 +5,7 @@ the paper's numbers, and the summary each result writes."""
 
 # %% ../nbs/10_results.ipynb #c002
 from __future__ import annotations
-import json
+import json, os, tempfile
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -16,41 +16,42 @@ from .runs import read_manifest, run_checkpoints, atomic_write
 from .train import train
 from .metrics import evaluate_samples
 from .report import save_grid
+from .sample import ADAPTIVE  # the solvers set by a tolerance, not steps
 from .cli import sample_run
 
 # %% auto #0
-__all__ = ['KEEP', 'SMALL', 'PAPER_READOUT', 'DIGITS', 'FASHION', 'RUNS', 'SMOKE', 'METRICS', 'EVAL', 'PAPER_TABLES',
-           'run_folder', 'run_options', 'run_order', 'is_finished', 'finished_runs', 'smoke_runs', 'eval_name',
-           'evaluate_cached', 'cached_samples', 'evaluate_checkpoints', 'over_seeds', 'pm', 'seed_rows', 'paper_table',
-           'markdown_table', 'write_summary', 'save_samples']
+__all__ = ['KEEP', 'SMALL', 'PAPER_READOUT', 'ONLINE_PAPER', 'RUNS', 'SMOKE', 'SMOKE_EVAL', 'METRICS', 'SCORES', 'EVAL',
+           'PAPER_TABLES', 'run_folder', 'run_options', 'run_order', 'is_finished', 'finished_runs', 'smoke_runs',
+           'setup_result', 'eval_name', 'evaluate_cached', 'cached_samples', 'evaluate_checkpoints', 'over_seeds', 'pm',
+           'seed_rows', 'eval_label', 'plot_band', 'paper_table', 'markdown_table', 'write_summary', 'save_samples']
 
 # %% ../nbs/10_results.ipynb #c005
 KEEP = dict(keep_checkpoints=True)  # weaker versions (1/4, 1/2, 3/4 of the steps): curves over training, autoguidance
 SMALL = dict(feature_readout="patches", sk_mask=False, feature_t=0.05)  # the small-image defaults (04a_online)
 PAPER_READOUT = dict(feature_readout="token", sk_mask=True, feature_t=0.2)  # Algorithm 1 as written
-DIGITS = dict(dataset="digits")                                             # recipe cpu16: tiny, patch 4, 1,500 steps
-FASHION = dict(dataset="fashion_mnist")                                     # recipe cpu28: tiny, patch 7, 3,000 steps
+_DIGITS = dict(dataset="digits")                         # recipe cpu16: tiny, patch 4, 1,500 steps
+_FASHION = dict(dataset="fashion_mnist")                 # recipe cpu28: tiny, patch 7, 3,000 steps
+ONLINE_PAPER = dict(_DIGITS, guidance="online", **PAPER_READOUT)  # Table 2's full method, one choice off per row
 
 RUNS = {  # name -> (training options over the dataset's recipe, the results that read it)
-    "digits_none": (dict(DIGITS, guidance="none", ckpt_every=375, **KEEP), "table1 autoguidance fig04 fig07 fig19"),
-    "digits_class": (dict(DIGITS, guidance="class", ckpt_every=375, **KEEP), "table1 autoguidance fig04 fig11"),
-    "digits_online": (dict(DIGITS, guidance="online", ckpt_every=300, monitor_every=100, **SMALL, **KEEP),
+    "digits_none": (dict(_DIGITS, guidance="none", ckpt_every=375, **KEEP),
+                    "table1 autoguidance fig03 fig04 fig07 fig19"),
+    "digits_class": (dict(_DIGITS, guidance="class", ckpt_every=375, **KEEP), "table1 autoguidance fig04 fig11"),
+    "digits_online": (dict(_DIGITS, guidance="online", ckpt_every=300, monitor_every=100, **SMALL, **KEEP),
                       "table1 autoguidance fig04 fig05 fig07 fig11 fig16 fig19"),
-    "digits_nano": (dict(DIGITS, guidance="none", preset="nano"), "autoguidance"),
-    "digits_online_paper": (dict(DIGITS, guidance="online", ckpt_every=300, monitor_every=100, **PAPER_READOUT, **KEEP),
-                            "table1 table2 fig04"),
-    "digits_online_patch": (dict(DIGITS, guidance="online_patch", **SMALL), "table1 fig05"),
-    "digits_offline": (dict(DIGITS, guidance="offline", init="@digits_none", feature_t=0.2,
+    "digits_nano": (dict(_DIGITS, guidance="none", preset="nano"), "autoguidance"),
+    "digits_online_paper": (dict(ONLINE_PAPER, ckpt_every=300, monitor_every=100, **KEEP), "table1 table2 fig04"),
+    "digits_online_patch": (dict(_DIGITS, guidance="online_patch", **SMALL), "table1 fig05"),
+    "digits_offline": (dict(_DIGITS, guidance="offline", init="@digits_none", feature_t=0.2,
                             feature_readout="patches"), "table1"),
-    "digits_external_pca": (dict(DIGITS, guidance="external", encoder="pca"), "table1"),
-    "digits_paper_no_stopgrad": (dict(DIGITS, guidance="online", **PAPER_READOUT, sk_stopgrad=False), "table2"),
-    "digits_paper_no_cls": (dict(DIGITS, guidance="online", **dict(PAPER_READOUT, feature_readout="mean")), "table2"),
-    "digits_paper_no_warmup_weight": (dict(DIGITS, guidance="online", **PAPER_READOUT, sk_warmup_weight=False),
-                                      "table2"),
-    "digits_paper_no_mask": (dict(DIGITS, guidance="online", **dict(PAPER_READOUT, sk_mask=False)), "table2"),
-    "fashion_none": (dict(FASHION, guidance="none"), "table3"),
-    "fashion_online": (dict(FASHION, guidance="online", **SMALL), "table3"),
-    "fashion_class": (dict(FASHION, guidance="class"), "table3"),
+    "digits_external_pca": (dict(_DIGITS, guidance="external", encoder="pca"), "table1"),
+    "digits_paper_no_stopgrad": (dict(ONLINE_PAPER, sk_stopgrad=False), "table2"),
+    "digits_paper_no_cls": (dict(ONLINE_PAPER, feature_readout="mean"), "table2"),
+    "digits_paper_no_warmup_weight": (dict(ONLINE_PAPER, sk_warmup_weight=False), "table2"),
+    "digits_paper_no_mask": (dict(ONLINE_PAPER, sk_mask=False), "table2"),
+    "fashion_none": (dict(_FASHION, guidance="none"), "table3"),
+    "fashion_online": (dict(_FASHION, guidance="online", **SMALL), "table3"),
+    "fashion_class": (dict(_FASHION, guidance="class"), "table3"),
 }
 
 def run_folder(runs_dir, name: str, seed: int) -> Path:
@@ -85,16 +86,34 @@ def finished_runs(runs_dir, name: str, seeds) -> dict[int, Path]:
 
 # %% ../nbs/10_results.ipynb #c007
 SMOKE = dict(steps=4, ckpt_every=2, warmup_steps=1, batch_size=32, monitor_every=2, monitor_images=64)
+SMOKE_EVAL = dict(n=24, solver="euler", steps=4)
 
 def smoke_runs(runs_dir, names, seeds=(0,), runs: dict = RUNS, **over) -> Path:
     "Train tiny versions (`SMOKE`, then `over`) of the runs `names` and what they depend on into `runs_dir`"
     for s in seeds:
         for n in run_order(names, runs):
-            if not is_finished(run_folder(runs_dir, n, s)): train(**{**run_options(n, s, runs_dir, runs), **SMOKE, **over})
+            if not is_finished(run_folder(runs_dir, n, s)):
+                train(**{**run_options(n, s, runs_dir, runs), **SMOKE, **over})
     return Path(runs_dir)
 
+def setup_result(needs, runs_dir, seeds: int, out_dir, smoke: bool | None = None, smoke_over: dict | None = None,
+                 **sampling) -> tuple[str, list, Path, dict]:
+    "(runs_dir, seed list, output folder, sampling) of a result notebook; smoke runs and sizes under `IN_TEST`"
+    os.chdir(next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml").exists()))
+    if os.environ.get("IN_TEST") if smoke is None else smoke:
+        runs_dir, seeds, out_dir, sampling = tempfile.mkdtemp(), 1, tempfile.mkdtemp(), {**sampling, **SMOKE_EVAL}
+        smoke_runs(runs_dir, needs, **(smoke_over or {}))
+    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    seeds = list(range(seeds))
+    have = {n: sorted(finished_runs(runs_dir, n, seeds)) for n in needs}
+    missing = [f"{n} (seeds {sorted(set(seeds) - set(s))})" for n, s in have.items() if set(s) != set(seeds)]
+    print("runs found:", have, "\nnot trained (left out):", missing or "none")
+    return str(runs_dir), seeds, out, sampling
+
 # %% ../nbs/10_results.ipynb #c010
-METRICS = ("fd_cls", "precision", "recall", "cls_score")
+METRICS = ("fd_cls", "precision", "recall", "cls_score")  # the offline metrics (07_metrics), each with a floor_
+_INCEPTION = ("fid", "is")  # Inception's FID and IS, where the evaluation had Inception weights ($SELFGUIDE_INCEPTION)
+SCORES = (*METRICS, *_INCEPTION)
 EVAL = dict(n=1000, solver="dopri5", steps=50, g=0.4, rtol=1e-3, atol=1e-3, seed=0, batch_size=500)
 
 def _dataset(run: Path) -> tuple:
@@ -105,16 +124,17 @@ def _dataset(run: Path) -> tuple:
 
 def eval_name(checkpoint, **s) -> str:
     "File stem of the evaluation of `checkpoint` at sampling settings `s` (all of `EVAL`)"
-    tol = f"_tol{s['rtol']:g}" if s["solver"] in ("dopri5", "dopri8", "bosh3", "adaptive_heun") else f"_k{s['steps']}"
+    tol = f"_tol{s['rtol']:g}" if s["solver"] in ADAPTIVE else f"_k{s['steps']}"
     return (f"{s['solver']}{tol}_g{s['g']:g}_n{s['n']}_s{s['seed']}_b{s['batch_size']}"
             f"_{file_key(checkpoint, extra=json.dumps(s, sort_keys=True))}")
 
 def evaluate_cached(run, checkpoint=None, device: str = "auto", cache_dir=None, **sampling) -> dict:
-    "Offline metrics and NFE of `run` (or its kept `checkpoint`) at `sampling` over `EVAL`; read from `evals/` when there"
+    "Offline metrics and NFE of `run` (or its kept `checkpoint`) at `sampling` over `EVAL`; read from `evals/` if there"
     run, s = Path(run), {**EVAL, **sampling}
-    if s["solver"] not in ("dopri5", "dopri8", "bosh3", "adaptive_heun"): s["atol"] = s["rtol"] = None
+    if s["solver"] not in ADAPTIVE: s["atol"] = s["rtol"] = None
     ck = Path(checkpoint) if checkpoint is not None else run / "checkpoints" / "last.pt"
-    if not ck.exists(): raise FileNotFoundError(f"no checkpoint {ck}: train the run first (experiments/reproduce.py train)")
+    if not ck.exists():
+        raise FileNotFoundError(f"no checkpoint {ck}: train the run first (experiments/reproduce.py train)")
     file = run / "evals" / (eval_name(ck, **s) + ".json")
     if file.exists(): return json.loads(file.read_text())
     tol = dict(rtol=s["rtol"] or 1e-5, atol=s["atol"] or 1e-5)
@@ -136,31 +156,50 @@ def evaluate_checkpoints(run, **sampling) -> list[dict]:
     return [dict(evaluate_cached(run, ck, **sampling), step=step) for step, ck in run_checkpoints(run).items()]
 
 # %% ../nbs/10_results.ipynb #c013
-def over_seeds(rows, by: str = "row", cols=METRICS) -> pd.DataFrame:
-    "Mean, std (ddof 1; 0 for one seed) and seed count of `cols` per `by` group of `rows` (dicts or a DataFrame)"
-    df = pd.DataFrame(rows)
-    cols = [c for c in cols if c in df]
+def over_seeds(rows, by="row", cols=SCORES) -> pd.DataFrame:
+    "Mean, std (ddof 1; 0 for one seed) and seed count of `cols` per `by` group(s) of `rows` (dicts or a DataFrame)"
+    df, by = pd.DataFrame(rows), [by] if isinstance(by, str) else list(by)
+    cols = [c for c in cols if c in df] if len(df) else [c for c in cols if c not in _INCEPTION]
+    if not len(df): return pd.DataFrame(columns=[*by, *cols, *(c + "_std" for c in cols), "seeds"])
     g = df.groupby(by, sort=False)[cols]
     out = g.mean().join(g.std(ddof=1).fillna(0.0).add_suffix("_std"))
     return out.join(g.size().rename("seeds")).reset_index()
 
-def pm(stats: pd.DataFrame, cols=METRICS, digits: int = 2, by: str = "row") -> pd.DataFrame:
-    "`mean ± std` strings of `over_seeds`' output, one column per metric (and the seed count)"
-    out = stats[[by]].copy()
+def pm(stats: pd.DataFrame, cols=SCORES, digits: int = 2, by="row", expect=()) -> pd.DataFrame:
+    "`mean ± std` strings of `over_seeds`' output per metric, the seed count, and 'not trained' rows for `expect`"
+    out = stats[[by] if isinstance(by, str) else list(by)].copy()
     for c in cols:
         if c in stats: out[c] = [f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(stats[c], stats[c + "_std"])]
     out["seeds"] = stats["seeds"]
-    return out
+    for r in expect:
+        if r not in set(out[by]): out.loc[len(out)] = {by: r, **{c: "not trained" for c in out if c != by}, "seeds": 0}
+    return out.reset_index(drop=True)
 
 def seed_rows(runs_dir, names: dict, seeds, **sampling) -> list[dict]:
     "One row (label, run, run_seed, metrics, floors, settings) per finished run and seed; `names`: row label -> run"
     return [dict(row=label, run=name, run_seed=s, **evaluate_cached(f, **sampling))
             for label, name in names.items() for s, f in finished_runs(runs_dir, name, seeds).items()]
 
+def eval_label(sampling: dict, seeds, vary=()) -> str:
+    "For a figure title: samples per evaluation, solver and g (unless in `vary`), and the seeds of the mean ± std"
+    s = {**EVAL, **sampling}
+    how = f"{s['solver']} rtol {s['rtol']:g}" if s["solver"] in ADAPTIVE else f"{s['solver']} {s['steps']} steps"
+    parts = [f"{s['n']} samples per evaluation", *([how] if "solver" not in vary else []),
+             *([f"g = {s['g']:g}"] if "g" not in vary else []), f"mean ± std (ddof 1) over {len(seeds)} seeds"]
+    return ", ".join(parts)
+
+def plot_band(ax, stats: pd.DataFrame, x: str, y: str, label=None, **kw):
+    "Plot `over_seeds`' mean of `y` against `x` with a ±1 std band"
+    if not len(stats): return
+    d = stats.sort_values(x)
+    line, = ax.plot(d[x], d[y], marker="o", label=label, **kw)
+    ax.fill_between(d[x], d[y] - d[y + "_std"], d[y] + d[y + "_std"], color=line.get_color(), alpha=0.2)
+
 # %% ../nbs/10_results.ipynb #c016
 PAPER_TABLES = {  # (FID, IS) per row; None where the paper has no entry
     "table1": {"unconditional": (45.1, 26.5), "offline guidance": (35.8, 34.8), "bootstrapping (online)": (36.0, 34.3),
-               "bootstrapping (patch)": (33.4, 45.3), "class guidance": (34.4, 44.1), "external encoder (DINO)": (32.0, 48.7)},
+               "bootstrapping (patch)": (33.4, 45.3), "class guidance": (34.4, 44.1),
+               "external encoder (DINO)": (32.0, 48.7)},
     "table2": {"full method": (36.0, 34.3), "w/o stop-gradient": (45.0, 24.1), "w/o [CLS] token": (37.1, 33.1),
                "w/o warm-up weight": (46.1, 22.1), "w/o timestep mask": (39.8, 31.2)},
     "table3_imagenet256": {"unconditional": (42.5, 23.1), "offline guidance": (29.8, 38.1),
@@ -171,8 +210,8 @@ PAPER_TABLES = {  # (FID, IS) per row; None where the paper has no entry
 
 def paper_table(name: str) -> pd.DataFrame:
     "The paper's table `name` (rows, FID, IS) as a DataFrame"
-    rows = PAPER_TABLES[name]
-    return pd.DataFrame([dict(row=r, paper_FID=v[0] if v else None, paper_IS=v[1] if v else None) for r, v in rows.items()])
+    return pd.DataFrame([dict(row=r, paper_FID=v[0] if v else None, paper_IS=v[1] if v else None)
+                         for r, v in PAPER_TABLES[name].items()])
 
 # %% ../nbs/10_results.ipynb #c019
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".2f") -> str:
@@ -186,7 +225,7 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".2f") -> str:
 def write_summary(out_dir, title: str, sentence: str, tables=(), images=(), notes: str = "") -> Path:
     "Write `out_dir`/summary.md: title, images (file names in out_dir), Markdown tables, notes and the one-line verdict"
     parts = [f"## {title}", *[f"![{Path(i).stem}]({Path(i).name})" for i in images],
-             *[t if isinstance(t, str) else markdown_table(t) for t in tables], *( [notes] if notes else []), sentence]
+             *[t if isinstance(t, str) else markdown_table(t) for t in tables], *([notes] if notes else []), sentence]
     path = Path(out_dir) / "summary.md"; path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n\n".join(p.strip() for p in parts) + "\n")
     return path

@@ -29,24 +29,36 @@ def test_finished_runs_are_skipped(tmp_path, monkeypatch):
     _finish(tmp_path / "base_s0"); (tmp_path / "child_s0").mkdir()     # child s0 started, not finished
     assert reproduce.todo_runs(["child"], [0, 1], tmp_path, FAKE) == [("child", 0), ("base", 1), ("child", 1)]
     calls = []
-    monkeypatch.setattr(reproduce.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    monkeypatch.setattr(reproduce.subprocess, "run",
+                        lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
     reproduce.train_all(["child"], [0], jobs=1, runs_dir=tmp_path, runs=FAKE)
     assert len(calls) == 1 and calls[0][1:4] == ["-m", "selfguide", "train"] and str(tmp_path / "child_s0") in calls[0]
     assert list(finished_runs(tmp_path, "base", [0, 1])) == [0]
 
 def test_notebooks_get_runs_dir_seeds_and_their_output_folder(tmp_path, monkeypatch, capsys):
     cmds = []
-    monkeypatch.setattr(reproduce.subprocess, "run", lambda cmd, **kw: cmds.append((cmd, kw)) or subprocess.CompletedProcess(cmd, 0))
+    monkeypatch.setattr(reproduce.subprocess, "run",
+                        lambda cmd, **kw: cmds.append((cmd, kw)) or subprocess.CompletedProcess(cmd, 0))
     reproduce.run_notebooks(["table1_guidance", "fig07_nfe"], 2, tmp_path / "runs", tmp_path / "out")
     cmd, kw = cmds[0]
-    assert cmd[1:3] == ["-m", "papermill"] and cmd[4] == str(tmp_path / "out" / "table1_guidance" / "table1_guidance.ipynb")
+    assert cmd[1:3] == ["-m", "papermill"]
+    assert cmd[4] == str(tmp_path / "out" / "table1_guidance" / "table1_guidance.ipynb")
     assert ["-p", "runs_dir", str(tmp_path / "runs")] == cmd[5:8] and ["-p", "seeds", "2"] == cmd[8:11]
     assert "IN_TEST" not in kw["env"]
     assert "[2/2] fig07_nfe ..." in capsys.readouterr().out
     assert all((ROOT / "nbs" / f"{n}.ipynb").exists() for n in reproduce.NOTEBOOKS)
 
+def test_every_result_notebook_takes_runs_dir_seeds_and_out_dir():
+    for n in reproduce.NOTEBOOKS:
+        cells = json.loads((ROOT / "nbs" / f"{n}.ipynb").read_text())["cells"]
+        params = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(params) == 1, n
+        names = {line.split("=")[0].strip() for line in "".join(params[0]["source"]).splitlines() if "=" in line}
+        assert {"runs_dir", "seeds", "out_dir"} <= names, (n, names)
+
 def test_readme_gathers_summaries_with_relative_images(tmp_path):
-    write_summary(tmp_path / "table1_guidance", "Table 1", "It matches.", [pd.DataFrame(dict(row=["a"], x=[1.0]))], ["t.png"])
+    write_summary(tmp_path / "table1_guidance", "Table 1", "It matches.", [pd.DataFrame(dict(row=["a"], x=[1.0]))],
+                  ["t.png"])
     text = reproduce.write_readme(["table1_guidance", "fig07_nfe"], tmp_path).read_text()
     assert "![t](table1_guidance/t.png)" in text and "| a | 1.00 |" in text and "It matches." in text
     assert "## fig07_nfe\n\nNot run yet" in text
