@@ -40,7 +40,7 @@ pytest: venv data
 test: venv data sync nbtest pytest
 
 # Speed measurements, not part of `make test` (about 12 minutes on 2 CPU cores; NO_COMPILE=1 skips torch.compile):
-# outputs/bench/*.csv, *.png and summary.md (README's Performance section); QUICK=1: a 4-minute smoke run into
+# outputs/bench/*.csv, *.png and summary.md (README's Performance section); QUICK=1: a 3-minute smoke run into
 # outputs/bench/quick/.
 # OFFICIAL=path/to/libs/uvit.py adds our U-ViT against the official one (outputs/bench/uvit_official.csv).
 BENCH := $(if $(QUICK),--quick)

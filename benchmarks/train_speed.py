@@ -151,7 +151,7 @@ def interleaved(specs: dict) -> dict:
 
 def worker(spec: dict) -> None:
     "One short training run alone in this process (peak memory, compile, precision); prints one JSON line"
-    import torch, selfguide.train as T
+    import selfguide.train as T
     _local.clock = clock = StepClock()
     _patch_tqdm()
     out = T.train(**spec)
