@@ -18,10 +18,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# The main job: train on digits, sample, write outputs/train/.
+# The main job: train on digits, sample, write outputs/train/. --log-output shows the notebook's output (the
+# training and sampling progress bars, a line every 2 s) in the terminal as it runs.
 demo: venv
 	mkdir -p outputs/train
-	$(BIN)/papermill nbs/train.ipynb outputs/train/train.ipynb
+	$(BIN)/papermill --log-output nbs/train.ipynb outputs/train/train.ipynb
 
 data:
 	tools/ensure_fashion_mnist.sh
@@ -38,10 +39,19 @@ pytest: venv data
 # Notebooks clean and exported, every notebook executed, then pytest (its summary line is the last line).
 test: venv data sync nbtest pytest
 
-# Speed measurements (not part of `make test`); OFFICIAL=path/to/libs/uvit.py adds the official U-ViT beside ours.
-bench: venv
-	$(BIN)/python benchmarks/attention.py
-	$(BIN)/python benchmarks/uvit_official.py $(if $(OFFICIAL),--official $(OFFICIAL))
+# Speed measurements, not part of `make test` (about 12 minutes on 2 CPU cores; NO_COMPILE=1 skips torch.compile):
+# outputs/bench/*.csv, *.png and summary.md (README's Performance section); QUICK=1: a 3-minute smoke run into
+# outputs/bench/quick/.
+# OFFICIAL=path/to/libs/uvit.py adds our U-ViT against the official one (outputs/bench/uvit_official.csv).
+BENCH := $(if $(QUICK),--quick)
+bench: venv data
+	$(BIN)/python benchmarks/train_speed.py $(BENCH) $(if $(NO_COMPILE),--no-compile)
+	$(BIN)/python benchmarks/sinkhorn_speed.py $(BENCH)
+	$(BIN)/python benchmarks/sampler_speed.py $(BENCH)
+	$(BIN)/python benchmarks/data_speed.py $(BENCH)
+	$(BIN)/python benchmarks/attention.py --no-bf16 $(if $(QUICK),--n 2)
+	$(if $(OFFICIAL),$(BIN)/python benchmarks/uvit_official.py --official $(OFFICIAL))
+	$(BIN)/python benchmarks/summary.py $(BENCH)
 
 # Every table and figure at CPU scale, and the autoguidance study: train the shared runs (finished ones skipped),
 # run the result notebooks (experiments/reproduce.py NOTEBOOKS), write outputs/README.md. SEEDS=1 for a shorter pass.
