@@ -98,15 +98,17 @@ def train_classifier(train: ImageDataset, test: ImageDataset, epochs: int | None
     steps = epochs * (len(x) // batch_size)
     opt = torch.optim.AdamW(clf.parameters(), lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps)
-    t0, bar = time.time(), tqdm(total=steps, desc=f"classifier {train.name}", disable=not progress)
+    t0, bar = time.time(), tqdm(total=steps, desc=f"classifier {train.name}", mininterval=2,
+                         disable=not progress)
     clf.train()
-    for _ in range(epochs):
+    for _ in range(epochs):                                  # the loss is read once an epoch: no per-step host sync
         perm = torch.randperm(len(x), generator=g)
         for i in range(len(x) // batch_size):
             idx = perm[i * batch_size:(i + 1) * batch_size]
             loss = F.cross_entropy(clf(x[idx].to(dev)), y[idx].to(dev))  # x[idx]: (B, C, H, W)
             opt.zero_grad(); loss.backward(); opt.step(); sched.step()
-            bar.update(); bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.update()
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     bar.close()
     known = test.labels >= 0
     acc = (embed(clf, test.images[known])[1].argmax(1) == test.labels[known]).float().mean().item()

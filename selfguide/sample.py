@@ -158,13 +158,15 @@ def sample(model, n: int, c=None, g: float = 0.4, solver: str = "dopri5", steps:
     elif chunks is None: chunks = rank_chunks(n, batch_size)               # all of them
     model.eval()
     parts = []
-    for k in tqdm(chunks, desc=f"sample {solver}", disable=not progress or rank > 0 or len(chunks) <= 1):
+    bar = tqdm(desc=f"sample {solver}, {len(chunks)} chunk(s) of {batch_size}", unit="nfe", mininterval=2,
+               disable=not progress or rank > 0)                           # network evaluations: moves within a chunk
+    for k in chunks:
         idx = range(k * batch_size, min(n, (k + 1) * batch_size))         # chunk k of the global index space
         x1, gens = prior_noise(path, shape, seed, idx)                      # (B, C, H, W), one generator per sample
         cb = None if c is None else c[idx.start:idx.stop].to(dev)
         count, est = [0, 0], []                                            # main and guide evaluations
         def f(t, x, **_):
-            count[0] += 1
+            count[0] += 1; bar.update()
             count[1] += autoguide is not None and autoguide_g != 0
             tb = t.reshape(1).expand(len(x)).to(dev, torch.float32)
             with autocast(dev, amp):
@@ -173,6 +175,7 @@ def sample(model, n: int, c=None, g: float = 0.4, solver: str = "dopri5", steps:
             return v
         x0 = _integrate(f, x1.to(dev), solver, steps, rtol, atol, path, sde_scale, gens).cpu()
         parts.append(SampleResult(x0, count[0], None, est, idx.start, [count[0]], count[1], [count[1]]))
+    bar.close()
     start = min(chunks.start * batch_size, n)
     r = merge_results(parts) if parts else SampleResult(torch.empty(0, *shape), float("nan"), None, [], start, [])
     if distributed: r = merge_results(gather_ranks(r))                      # every rank: the one-process result
