@@ -10,9 +10,9 @@ load; a step's time is the time its run holds the baton (data, forward, backward
 the end of the SK warm-up (step sigma N of each online run; the same index for `none`), the first `--skip` of each
 phase are dropped, and medians are kept. The per-run ratio weighs the two phases by their length (sigma = 0.5).
 `--former` adds each online run with `sk_features="online"` (the SK loss's own pass of the online network, the
-path before `sk_features` existed). `--profile` instead runs a few steps of each run alone under torch.profiler with labels on the feature passes and
-prints where the time goes. Extra train() options: `--set key=value` (e.g. `--set sk_features=online`, the former
-path). Writes outputs/bench/online_overhead.csv (appended rows carry `--label`) with the machine described.
+path before `sk_features` existed). `--profile` instead runs a few steps of each run alone under torch.profiler
+with labels on the network passes and prints where the time goes. Extra train() options of the online runs:
+`--set key=value` (e.g. `--set sk_features=tap`). Writes outputs/bench/online_overhead.csv (appended rows carry `--label`) with the machine described.
 """
 import argparse, csv, os, platform, statistics, sys, tempfile, threading, time
 from pathlib import Path
@@ -22,7 +22,8 @@ import selfguide.train as T
 CSV = Path("outputs/bench/online_overhead.csv")
 BASE = dict(dataset="digits", recipe="cpu16", ckpt_every=10**6, monitor_images=128, resume=False, device="cpu")
 RUNS = {"none": dict(guidance="none"),
-        "online-paper": dict(guidance="online", feature_readout="token", sk_mask=True, sk_sinkhorn="batch", feature_t=0.2),
+        "online-paper": dict(guidance="online", feature_readout="token", sk_mask=True, sk_sinkhorn="batch",
+                             feature_t=0.2),
         "online-small": dict(guidance="online", feature_readout="patches", sk_mask=False, feature_t=0.05)}
 
 class Baton:
@@ -54,12 +55,14 @@ def configs(args) -> dict:
     extra = {k: {"True": True, "False": False}.get(v, v) for k, v in extra.items()}
     runs = {n: r for n, r in RUNS.items() if n in args.runs}
     if args.former:                                            # the same settings through the former SK pass
-        runs.update({f"{n} former": dict(r, sk_features="online") for n, r in RUNS.items() if n in args.runs and n != "none"})
-    return {n: dict(BASE, **r, steps=2 * args.steps_per_phase, **(extra if n != "none" else {})) for n, r in runs.items()}
+        runs.update({f"{n} former": dict(r, sk_features="online") for n, r in RUNS.items()
+                     if n in args.runs and n != "none"})
+    steps = 2 * args.steps_per_phase
+    return {n: dict(BASE, **r, steps=steps, **(extra if n != "none" else {})) for n, r in runs.items()}
 
 def timed(args, tmp) -> dict:
-    cfgs, baton, errors = configs(args), None, {}
-    baton, name_of = Baton(cfgs), {}
+    cfgs, errors, name_of = configs(args), {}, {}
+    baton = Baton(cfgs)
     real = T.step_generator
     def hooked(seed, step):                                    # the step boundary of the calling run
         baton.step(name_of[threading.get_ident()]); return real(seed, step)
@@ -93,8 +96,11 @@ def profile(args, tmp):
         for name, cfg in configs(args).items():
             n = cfg["steps"]
             with prof(activities=[ProfilerActivity.CPU]) as p:
-                t0 = time.perf_counter(); T.train(**cfg, out_dir=str(Path(tmp) / f"p_{name}")); wall = time.perf_counter() - t0
-            ev = {e.key: e.cpu_time_total / 1e3 / n for e in p.key_averages() if e.key in set(tags.values()) | {"sinkhorn", "backward"} or e.key.startswith("Optimizer.step")}
+                t0 = time.perf_counter(); T.train(**cfg, out_dir=str(Path(tmp) / f"p_{name}"))
+                wall = time.perf_counter() - t0
+            keys = set(tags.values()) | {"sinkhorn", "backward"}
+            ev = {e.key: e.cpu_time_total / 1e3 / n for e in p.key_averages()
+                  if e.key in keys or e.key.startswith("Optimizer.step")}
             print(f"{name}: {n} steps, wall {wall / n * 1e3:.0f} ms/step (setup included); per step: "
                   + ", ".join(f"{k} {v:.0f} ms" for k, v in sorted(ev.items(), key=lambda kv: -kv[1])))
     finally:
@@ -124,7 +130,8 @@ def main(argv=None):
           f"{load0:.2f} -> {os.getloadavg()[0]:.2f}; digits, cpu16 recipe, {n} steps per phase, medians")
     rows = []
     for r in held:
-        per_run = sum(med[r, ph] for ph in phases) / sum(med["none", ph] for ph in phases) if "none" in held else float("nan")
+        per_run = (sum(med[r, ph] for ph in phases) / sum(med["none", ph] for ph in phases)
+                   if "none" in held else float("nan"))
         for ph, s in phases.items():
             ratio = med[r, ph] / med["none", ph] if "none" in held else float("nan")
             print(f"{r:14s} {ph:14s} {med[r, ph] * 1e3:8.1f} ms/step  x{ratio:.3f}  (per run x{per_run:.3f})")

@@ -177,6 +177,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'selfguide.online.assign_images': ('online.html#assign_images', 'selfguide/online.py'),
                                   'selfguide.online.assign_rows': ('online.html#assign_rows', 'selfguide/online.py'),
                                   'selfguide.online.build_bootstrap': ('online.html#build_bootstrap', 'selfguide/online.py'),
+                                  'selfguide.online.check_online': ('online.html#check_online', 'selfguide/online.py'),
                                   'selfguide.online.check_sk_batch': ('online.html#check_sk_batch', 'selfguide/online.py'),
                                   'selfguide.online.online_inputs': ('online.html#online_inputs', 'selfguide/online.py'),
                                   'selfguide.online.prototype_stats': ('online.html#prototype_stats', 'selfguide/online.py'),

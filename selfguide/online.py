@@ -17,7 +17,7 @@ from .guidance import READOUTS, ONLINE_MODES, cluster_scores, assignment_stats
 # %% auto #0
 __all__ = ['MAX_HEAD_PARAMS', 'SK_MASK', 'SINKHORN_ROWS', 'SK_FEATURES', 'Bootstrap', 'build_bootstrap', 'check_sk_batch',
            'sk_views', 'sk_codes', 'sk_objective', 'sk_weight', 'assign', 'assign_rows', 'assign_images', 'sk_source',
-           'online_inputs', 'prototype_stats']
+           'check_online', 'online_inputs', 'prototype_stats']
 
 # %% ../nbs/04a_online.ipynb #c006
 class Bootstrap(nn.Module):
@@ -91,7 +91,7 @@ def sk_views(x0, t, noise, path, t_s: float = 0.2, mask: bool = True, two_view: 
 # %% ../nbs/04a_online.ipynb #c012
 def sk_codes(boot: Bootstrap, model, views, stopgrad: bool = True, epsilon: float = 0.05, n_iters: int = 3,
              feats=None) -> list:
-    "[(z (R, dim), codes (R, K), keep (R,) or None), ...] per view: Sinkhorn over all R rows; `feats`: rows read already"
+    "[(z (R, dim), codes (R, K), keep (R,) or None), ...] per view: Sinkhorn over all R rows; `feats`: rows read"
     out, protos = [], boot.protos().detach()                               # (K, dim)
     for i, (x, t, keep) in enumerate(views):
         if feats is not None and i < len(feats): f = feats[i]              # the rows of another pass (tap, EMA)
@@ -163,6 +163,16 @@ def sk_source(features: str = "auto", mask: bool = True, stopgrad: bool = True, 
         raise ValueError("sk_features='ema' reads the EMA network, which has no gradient: with sk_stopgrad=False "
                          "use sk_features 'online' or 'tap'")
     return features
+
+def check_online(cfg, n_images: int, world: int = 1) -> str:
+    "Refuse online settings of `cfg` (a `TrainConfig`) that cannot train on `n_images`; returns `sk_source`'s pass"
+    check_sk_batch(cfg.batch_size, world)                                  # Sinkhorn needs 2 rows on every process
+    if cfg.clusters > n_images:
+        raise ValueError(f"--clusters {cfg.clusters} prototypes for {n_images} training images: use at most {n_images}")
+    if world > 1 and cfg.sk_mask and cfg.sk_sinkhorn == "masked":
+        raise ValueError("sk_sinkhorn='masked' needs a single process (a rank without masked rows would stall "
+                         "Sinkhorn's all_reduce): use --sk-sinkhorn batch")
+    return sk_source(cfg.sk_features, cfg.sk_mask, cfg.sk_stopgrad, cfg.sk_two_view, cfg.sk_sinkhorn, cfg.grad_accum)
 
 @torch.no_grad()
 def online_inputs(boot: Bootstrap, ema, x0, views, kept=None, m_noise=None, path="cv", source: str = "ema",

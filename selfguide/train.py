@@ -23,7 +23,7 @@ from .runs import (ema_update, ema_decay_at, lr_at, resolve_device, autocast, gi
 from .guidance import (check_guidance, condition_slot, batch_condition, cached_features, file_key, kmeans,
                                 cluster_scores, load_encoder, encoder_features, ONLINE_MODES)
 from .online import (build_bootstrap, sk_views, sk_objective, sk_weight, assign_images, prototype_stats,
-                              check_sk_batch, sk_source, online_inputs)
+                              check_online, sk_source, online_inputs)
 from .distributed import (init_distributed, world_size, rank, is_main, rank_rows, micro_batch, pad_rows,
                                    all_mean, local_main_first, global_batchnorm)
 
@@ -154,14 +154,7 @@ def train(**config) -> Path:
     out, latent = Path(cfg.out_dir), getattr(data, "moments", False)     # latent: items are VAE moments (2, 2C, h, w)
     check_guidance(cfg.guidance, data.num_classes)
     online = cfg.guidance in ONLINE_MODES
-    if online: check_sk_batch(B, W)                                       # Sinkhorn needs 2 rows on every process
-    if online and cfg.clusters > len(data):
-        raise ValueError(f"--clusters {cfg.clusters} prototypes for {len(data)} training images: "
-                         f"use at most {len(data)}")
-    src = sk_source(cfg.sk_features, cfg.sk_mask, cfg.sk_stopgrad, cfg.sk_two_view, cfg.sk_sinkhorn, cfg.grad_accum)
-    if online and W > 1 and cfg.sk_mask and cfg.sk_sinkhorn == "masked":
-        raise ValueError("sk_sinkhorn='masked' needs a single process (a rank without masked rows would stall "
-                         "Sinkhorn's all_reduce): use --sk-sinkhorn batch")
+    src = online and check_online(cfg, len(data), W)  # refuses what cannot train; the pass the SK loss reads
     start, losses, sk_losses, monitor, ckpt_path = 0, [], [], [], out / "checkpoints" / "last.pt"
     init = load_init(cfg.init, device) if cfg.init is not None else None  # (model, cache key, path): loaded once
     clusters, num_classes = {}, data.num_classes
@@ -187,7 +180,7 @@ def train(**config) -> Path:
         start, losses, sk_losses, monitor = ck["step"], ck["losses"], ck.get("sk_losses", []), ck.get("monitor", [])
         torch.set_rng_state(ck["rng"]["torch"]); np.random.set_state(ck["rng"]["numpy"]); random.setstate(ck["rng"]["python"])
     if cfg.compile: model.compile()                                       # in place: parameter names stay as they are
-    net = _Step(model, online and src == "tap", stopgrad=cfg.sk_stopgrad, epsilon=cfg.sk_epsilon, n_iters=cfg.sk_iters,
+    net = _Step(model, src == "tap", stopgrad=cfg.sk_stopgrad, epsilon=cfg.sk_epsilon, n_iters=cfg.sk_iters,
                 temperature=cfg.sk_temperature, form=cfg.sk_form)
     if W > 1: net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None,
                         find_unused_parameters=True)  # the condition slot rests in warm-up, the null without guidance
@@ -277,7 +270,7 @@ def train(**config) -> Path:
                     metrics=metrics, recipe=recipe, **({"clusters": clusters} if clusters else {}),
                     **({"latents": dict(folder=str(data.root), scale=data.scale, image_size=data.image_size)}
                        if latent else {}),
-                    **({"online": dict(warmup_end=warm_end, monitor=monitor)} if online else {}))
+                    **({"online": dict(warmup_end=warm_end, sk_features=src, monitor=monitor)} if online else {}))
     return out
 
 # %% ../nbs/05_train.ipynb #c020
@@ -285,7 +278,8 @@ def load_run(run_dir, ema: bool = True, device: str = "auto"):
     "(model, config) of a run folder (its last checkpoint) or a checkpoint file; EMA weights unless `ema=False`"
     ck_path = Path(run_dir) if Path(run_dir).is_file() else Path(run_dir) / "checkpoints" / "last.pt"
     if not ck_path.exists():
-        raise FileNotFoundError(f"no checkpoint at {ck_path}: is {run_dir} a training run folder or checkpoint file?")
+        raise FileNotFoundError(f"no checkpoint at {ck_path}: is {run_dir} a training run folder or checkpoint file "
+                                "(--run)?")
     ck = torch.load(ck_path, map_location="cpu", weights_only=False)
     cfg = TrainConfig(**ck["config"])
     sd = {**ck["ema" if ema else "model"], **{k: v for k, v in ck["model"].items() if k.startswith("bootstrap.")}}  # head, prototypes: never averaged

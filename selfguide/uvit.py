@@ -144,7 +144,7 @@ class UViT(nn.Module):
         return torch.cat(toks + [patches], dim=1) + self.pos_embed         # (B, extras + N, D)
 
     def blocks(self, h, stop: int | None = None, tap: int | None = None):
-        "Run the blocks on tokens `h`; with `stop`, return block `stop`'s output (0-based) early; `tap`: (h, its output)"
+        "Run the blocks on tokens `h`; `stop`: return block `stop`'s output (0-based) early; `tap`: (h, its output)"
         skips, n_in, seen = [], len(self.in_blocks), None
         for i, blk in enumerate(self.in_blocks):
             h = blk(h); skips.append(h)

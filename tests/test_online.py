@@ -67,6 +67,8 @@ def test_stop_gradient_keeps_the_backbone_out_of_the_sk_loss(tmp_path, stopgrad,
 
 PAPER = dict(SMALL, sk_mask=True, feature_readout="token", feature_t=0.2, batch_size=32)
 
+def _equal(a, b): return a.keys() == b.keys() and all(torch.equal(v, b[k]) for k, v in a.items())
+
 def _states(run):
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
     return ck["model"], ck["ema"], ck["sk_losses"]
@@ -77,7 +79,7 @@ def test_every_sk_features_source_trains_the_same_warm_up(tmp_path, cfg, sources
     runs = {s: _states(train(**cfg, steps=3, sk_sigma=0.9, sk_features=s, out_dir=str(tmp_path / s))) for s in sources}
     (ma, ea, la), *rest = runs.values()
     for mb, eb, lb in rest:
-        assert la == lb and all(torch.equal(v, mb[k]) for k, v in ma.items()) and all(torch.equal(v, eb[k]) for k, v in ea.items())
+        assert la == lb and _equal(ma, mb) and _equal(ea, eb)
 
 @pytest.mark.parametrize("cfg", [SMALL, PAPER])
 def test_sk_features_resume_exactly_across_the_end_of_warm_up(tmp_path, cfg, monkeypatch):
@@ -90,15 +92,17 @@ def test_sk_features_resume_exactly_across_the_end_of_warm_up(tmp_path, cfg, mon
             if step == 2: raise RuntimeError("simulated crash")
             yield batch
     monkeypatch.setattr(StepBatchSampler, "__iter__", crash_at_2)
-    with pytest.raises(RuntimeError, match="simulated crash"): train(**cfg, steps=6, ckpt_every=2, out_dir=str(tmp_path / "b"))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(**cfg, steps=6, ckpt_every=2, out_dir=str(tmp_path / "b"))
     monkeypatch.setattr(StepBatchSampler, "__iter__", real)
     resumed = train(**cfg, steps=6, ckpt_every=2, out_dir=str(tmp_path / "b"))
     (ma, ea, la), (mb, eb, lb) = _states(straight), _states(resumed)
-    assert la == lb and all(torch.equal(v, mb[k]) for k, v in ma.items()) and all(torch.equal(v, eb[k]) for k, v in ea.items())
+    assert la == lb and _equal(ma, mb) and _equal(ea, eb)
 
 def test_sk_features_are_checked(tmp_path):
     with pytest.raises(ValueError, match="sk_features must be"): TrainConfig(sk_features="cls")
-    with pytest.raises(ValueError, match="sk_mask=True"): train(**SMALL, steps=1, sk_features="tap", out_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="sk_mask=True"):
+        train(**SMALL, steps=1, sk_features="tap", out_dir=str(tmp_path))
     with pytest.raises(ValueError, match="no gradient"):
         train(**SMALL, steps=1, sk_features="ema", sk_stopgrad=False, out_dir=str(tmp_path))
 
