@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from .uvit import PRESETS
 from .guidance import READOUTS
+from .online import SK_FEATURES
 from .data import load_dataset
 from .latents import encode_cached
 
@@ -59,6 +60,8 @@ class TrainConfig:
     sk_warmup_weight: bool = True  # online: SK weight min(step / (sigma steps), 1) (Table 2: w/o warmup weight)
     sk_mask: bool = True           # online: SK loss on the batch's images with t in [0.15, 0.25]; False: all, at feature_t
     sk_sinkhorn: str = "batch"     # online, masked: Sinkhorn over the whole batch (released code) or the 'masked' rows
+    sk_features: str = "auto"      # online: SK rows from the training forward ('tap'), the EMA pass of m* ('ema') or
+                                   # an own pass ('online'); auto: tap with sk_mask, ema without (online.sk_source)
     sk_two_view: bool = False      # online: two noisings per image, each predicts the other's codes (SwAV)
     sk_form: str = "ce"            # online: SK loss 'ce' (released code) or 'frobenius' (Eq. 11)
     sk_temperature: float = 0.1
@@ -91,6 +94,7 @@ class TrainConfig:
         if self.sk_form not in ("ce", "frobenius"): raise ValueError(f"sk_form must be 'ce' or 'frobenius', got {self.sk_form!r}")
         if self.sk_sinkhorn not in ("batch", "masked"):
             raise ValueError(f"sk_sinkhorn must be 'batch' or 'masked', got {self.sk_sinkhorn!r}")
+        if self.sk_features not in SK_FEATURES: raise ValueError(f"sk_features must be one of {SK_FEATURES}")
         if not 0 <= self.sk_sigma < 1: raise ValueError(f"sk_sigma must be in [0, 1), got {self.sk_sigma}")
 
 # %% ../nbs/04b_config.ipynb #c008

@@ -15,8 +15,9 @@ from .sinkhorn import sinkhorn, sk_loss, Prototypes, ProjectionHead
 from .guidance import READOUTS, ONLINE_MODES, cluster_scores, assignment_stats
 
 # %% auto #0
-__all__ = ['MAX_HEAD_PARAMS', 'SK_MASK', 'SINKHORN_ROWS', 'Bootstrap', 'build_bootstrap', 'check_sk_batch', 'sk_views',
-           'sk_codes', 'sk_objective', 'sk_weight', 'assign', 'assign_images', 'prototype_stats']
+__all__ = ['MAX_HEAD_PARAMS', 'SK_MASK', 'SINKHORN_ROWS', 'SK_FEATURES', 'Bootstrap', 'build_bootstrap', 'check_sk_batch',
+           'sk_views', 'sk_codes', 'sk_objective', 'sk_weight', 'assign', 'assign_rows', 'assign_images', 'sk_source',
+           'check_online', 'online_inputs', 'prototype_stats']
 
 # %% ../nbs/04a_online.ipynb #c006
 class Bootstrap(nn.Module):
@@ -31,7 +32,10 @@ class Bootstrap(nn.Module):
 
     def feature(self, model, x_t, t) -> torch.Tensor:
         "Rows to cluster: (B, F) per image, or (B * N, D) per patch in (b, n) order; zero condition"
-        f = model.features(x_t, t, self.layer)                             # c=None: the zero token
+        return self.rows(model.features(x_t, t, self.layer))               # c=None: the zero token
+
+    def rows(self, f: dict) -> torch.Tensor:
+        "The rows of readouts `f` (a `features` dict of block `layer`) that this bootstrap clusters"
         if self.patch: return f["patches"].flatten(0, 1)                   # (B * N, D), image-major
         return f[self.readout].flatten(1)                                  # (B, D) or (B, N * D)
 
@@ -85,25 +89,28 @@ def sk_views(x0, t, noise, path, t_s: float = 0.2, mask: bool = True, two_view: 
     return views                                                           # [((b, C, H, W), (b,), (b,) or None), ...]
 
 # %% ../nbs/04a_online.ipynb #c012
-def sk_codes(boot: Bootstrap, model, views, stopgrad: bool = True, epsilon: float = 0.05, n_iters: int = 3) -> list:
-    "[(z (R, dim), codes (R, K), keep (R,) or None), ...] per view: Sinkhorn over all R rows of the view"
+def sk_codes(boot: Bootstrap, model, views, stopgrad: bool = True, epsilon: float = 0.05, n_iters: int = 3,
+             feats=None) -> list:
+    "[(z (R, dim), codes (R, K), keep (R,) or None), ...] per view: Sinkhorn over all R rows; `feats`: rows read"
     out, protos = [], boot.protos().detach()                               # (K, dim)
-    for x, t, keep in views:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not stopgrad):
-            f = boot.feature(model, x, t)                                  # (R, F)
+    for i, (x, t, keep) in enumerate(views):
+        if feats is not None and i < len(feats): f = feats[i]              # the rows of another pass (tap, EMA)
+        else:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not stopgrad):
+                f = boot.feature(model, x, t)                              # (R, F)
         z = boot.head(f.detach() if stopgrad else f)                       # (R, dim)
         if keep is not None: keep = keep.repeat_interleave(len(z) // len(keep))  # per patch: (B * N,), image-major
         out.append((z, sinkhorn(z.detach() @ protos.T, n_iters, epsilon), keep))
     return out
 
 def sk_objective(boot: Bootstrap, model, views, stopgrad: bool = True, epsilon: float = 0.05, n_iters: int = 3,
-                 temperature: float = 0.1, form: str = "ce"):
+                 temperature: float = 0.1, form: str = "ce", feats=None):
     "SK loss of `views` (from `sk_views`): loss rows summed over all rows, as released; None when a view has < 2 rows"
     if min(len(t) for _, t, _ in views) < 2: return None
     protos = boot.protos()                                                 # (K, dim)
     def loss(z, codes, keep):                                              # sum over kept rows / all rows
         return sk_loss(z, protos, codes if keep is None else codes * keep[:, None], temperature, form)
-    (z0, q0, k0), *rest = sk_codes(boot, model, views, stopgrad, epsilon, n_iters)
+    (z0, q0, k0), *rest = sk_codes(boot, model, views, stopgrad, epsilon, n_iters, feats)
     if not rest: return loss(z0, q0, k0)
     (z1, q1, _), = rest
     return (loss(z0, q1, k0) + loss(z1, q0, k0)) / 2
@@ -119,11 +126,15 @@ def assign(boot: Bootstrap, model, x0, path="cv", generator=None, noise=None) ->
     path = get_path(path) if isinstance(path, str) else path
     t = torch.full((len(x0),), boot.t_s, device=x0.device)
     noise = torch.randn(x0.shape, generator=generator).to(x0.device) if noise is None else noise
-    x_t = path.x_t(x0, noise, t)
+    return assign_rows(boot, boot.feature(model, path.x_t(x0, noise, t), t), len(x0))
+
+@torch.no_grad()
+def assign_rows(boot: Bootstrap, f, n: int) -> torch.Tensor:
+    "Prototype ids of feature rows `f` (R, F) of `n` images, head in evaluation mode: (n,), or (n, N) per patch"
     was = boot.training; boot.eval()
-    idx = boot.scores(boot.head(boot.feature(model, x_t, t))).argmax(1)   # (R,)
+    idx = boot.scores(boot.head(f)).argmax(1)                              # (R,)
     boot.train(was)
-    return idx.view(len(x0), -1) if boot.patch else idx                    # (B, N) or (B,)
+    return idx.view(n, -1) if boot.patch else idx                          # (n, N) or (n,)
 
 @torch.no_grad()
 def assign_images(boot: Bootstrap, model, data, path="cv", seed: int = 0, n_max: int | None = None,
@@ -135,6 +146,46 @@ def assign_images(boot: Bootstrap, model, data, path="cv", seed: int = 0, n_max:
     for x in tqdm(batches, desc="prototype assignment", disable=not progress, leave=False):
         out.append(assign(boot, model, x.to(dev), path, gen).cpu())
     return torch.cat(out)                                                  # (n,) or (n, N)
+
+# %% ../nbs/04a_online.ipynb #c018b
+SK_FEATURES = ("auto", "tap", "ema", "online")  # where the SK loss reads its feature rows (see above)
+
+def sk_source(features: str = "auto", mask: bool = True, stopgrad: bool = True, two_view: bool = False,
+              sinkhorn_rows: str = "batch", grad_accum: int = 1) -> str:
+    "The pass the SK loss reads: 'tap', 'ema' or 'online' ('auto': tap with the mask, ema without, where they apply)"
+    if features not in SK_FEATURES: raise ValueError(f"sk_features must be one of {SK_FEATURES}, got {features!r}")
+    tap = mask and sinkhorn_rows == "batch" and not two_view and (stopgrad or grad_accum == 1)
+    if features == "auto": return "tap" if tap else "ema" if not mask and stopgrad else "online"
+    if features == "tap" and not tap:
+        raise ValueError("sk_features='tap' reads the training forward's rows: it needs sk_mask=True, "
+                         "sk_sinkhorn='batch', no sk_two_view, and grad_accum=1 without sk_stopgrad")
+    if features == "ema" and not stopgrad:
+        raise ValueError("sk_features='ema' reads the EMA network, which has no gradient: with sk_stopgrad=False "
+                         "use sk_features 'online' or 'tap'")
+    return features
+
+def check_online(cfg, n_images: int, world: int = 1) -> str:
+    "Refuse online settings of `cfg` (a `TrainConfig`) that cannot train on `n_images`; returns `sk_source`'s pass"
+    check_sk_batch(cfg.batch_size, world)                                  # Sinkhorn needs 2 rows on every process
+    if cfg.clusters > n_images:
+        raise ValueError(f"--clusters {cfg.clusters} prototypes for {n_images} training images: use at most {n_images}")
+    if world > 1 and cfg.sk_mask and cfg.sk_sinkhorn == "masked":
+        raise ValueError("sk_sinkhorn='masked' needs a single process (a rank without masked rows would stall "
+                         "Sinkhorn's all_reduce): use --sk-sinkhorn batch")
+    return sk_source(cfg.sk_features, cfg.sk_mask, cfg.sk_stopgrad, cfg.sk_two_view, cfg.sk_sinkhorn, cfg.grad_accum)
+
+@torch.no_grad()
+def online_inputs(boot: Bootstrap, ema, x0, views, kept=None, m_noise=None, path="cv", source: str = "ema",
+                  chunk: int | None = None) -> tuple:
+    "(c, SK rows or None) of a step: c = m* (Eq. 16) of the `kept` rows (None: warm-up); 'ema': the EMA's SK rows"
+    feats = [boot.feature(ema, x, t) for x, t, _ in views] if source == "ema" else None  # [(R, F)], no gradient
+    if kept is None: return None, feats                                    # warm-up: the zero condition
+    if m_noise is None: ids = assign_rows(boot, feats[0], len(x0))         # that view is x_{t_s} of every image
+    else:                                                                  # a pass of its own, kept rows only
+        ids = torch.zeros((len(x0), ema.num_patches) if boot.patch else len(x0), dtype=torch.long, device=x0.device)
+        for i in kept.split(chunk or len(x0)):                             # dropped rows keep 0: never read
+            if len(i): ids[i] = assign(boot, ema, x0[i], path, noise=m_noise[i])
+    return boot.condition(ids), feats                                      # (B[, N], dim) or (B[, N])
 
 # %% ../nbs/04a_online.ipynb #c020
 def prototype_stats(idx: torch.Tensor, k: int, labels=None) -> dict:

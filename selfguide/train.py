@@ -22,8 +22,8 @@ from .runs import (ema_update, ema_decay_at, lr_at, resolve_device, autocast, gi
                             update_manifest, save_checkpoint, keep_checkpoint)
 from .guidance import (check_guidance, condition_slot, batch_condition, cached_features, file_key, kmeans,
                                 cluster_scores, load_encoder, encoder_features, ONLINE_MODES)
-from .online import (build_bootstrap, sk_views, sk_objective, sk_weight, assign, assign_images, prototype_stats,
-                              check_sk_batch)
+from .online import (build_bootstrap, sk_views, sk_objective, sk_weight, assign_images, prototype_stats,
+                              check_online, sk_source, online_inputs)
 from .distributed import (init_distributed, world_size, rank, is_main, rank_rows, micro_batch, pad_rows,
                                    all_mean, local_main_first, global_batchnorm)
 
@@ -58,7 +58,10 @@ def step_inputs(x0, y, g, cfg, path, rows: slice, m_star: bool = False, latent_s
     noise, t = torch.randn((B, *x0.shape[1:]), generator=g), path.sample_t(B, generator=g)       # (B, C, H, W), (B,)
     c = drop = m_noise = None                                                    # online warm-up: the zero condition
     if not online: c, drop = batch_condition(cfg.guidance, pad_rows(y, B, rows), cfg.p_drop, generator=g)
-    elif m_star: drop, m_noise = torch.rand(B, generator=g) < cfg.p_drop, torch.randn(noise.shape, generator=g)
+    elif m_star:                                           # m*'s own noise, unless the SK view at t_s is its input
+        drop = torch.rand(B, generator=g) < cfg.p_drop
+        if cfg.sk_mask or sk_source(cfg.sk_features, False, cfg.sk_stopgrad) != "ema":
+            m_noise = torch.randn(noise.shape, generator=g)
     views = sk_views(pad_rows(x0, B, rows), t, noise, path, cfg.feature_t, cfg.sk_mask, cfg.sk_two_view, g,
                      cfg.sk_sinkhorn) if online else []                          # [(x_t (B, ...), t, keep), ...]
     mine = lambda v: None if v is None else v[rows]
@@ -132,10 +135,15 @@ def _to(x, device):
 
 class _Step(torch.nn.Module):
     "One micro-batch's network calls as one forward, so that DDP sees every parameter the losses use"
-    def __init__(self, net, **sk): super().__init__(); self.net, self.sk = net, sk
-    def forward(self, x_t, t, c, drop, views=None):
-        pred = self.net(x_t, t, c, drop)                                             # (b, C, H, W)
-        return pred, (sk_objective(self.net.bootstrap, self.net, views, **self.sk) if views else None)
+    def __init__(self, net, tap=False, **sk): super().__init__(); self.net, self.tap, self.sk = net, tap, sk
+    def forward(self, x_t, t, c, drop, views=None, feats=None, tapped=()):    # tapped: earlier micro-batches' rows
+        boot = getattr(self.net, "bootstrap", None)
+        if not self.tap: pred, f = self.net(x_t, t, c, drop), None                    # (b, C, H, W)
+        else:                                                                # block l's rows of this very forward
+            pred, f = self.net(x_t, t, c, drop, tap=boot.layer)
+            f = boot.rows(f).detach() if self.sk["stopgrad"] else boot.rows(f)
+            feats = [torch.cat([*tapped, f])] if views else None
+        return pred, (sk_objective(boot, self.net, views, **self.sk, feats=feats) if views else None), f
 
 def train(**config) -> Path:
     "Train a model with the options in `config` over its dataset's recipe (`selfguide.config`); returns the run folder"
@@ -146,13 +154,7 @@ def train(**config) -> Path:
     out, latent = Path(cfg.out_dir), getattr(data, "moments", False)     # latent: items are VAE moments (2, 2C, h, w)
     check_guidance(cfg.guidance, data.num_classes)
     online = cfg.guidance in ONLINE_MODES
-    if online: check_sk_batch(B, W)                                       # Sinkhorn needs 2 rows on every process
-    if online and cfg.clusters > len(data):
-        raise ValueError(f"--clusters {cfg.clusters} prototypes for {len(data)} training images: "
-                         f"use at most {len(data)}")
-    if online and W > 1 and cfg.sk_mask and cfg.sk_sinkhorn == "masked":
-        raise ValueError("sk_sinkhorn='masked' needs a single process (a rank without masked rows would stall "
-                         "Sinkhorn's all_reduce): use --sk-sinkhorn batch")
+    src = online and check_online(cfg, len(data), W)  # refuses what cannot train; the pass the SK loss reads
     start, losses, sk_losses, monitor, ckpt_path = 0, [], [], [], out / "checkpoints" / "last.pt"
     init = load_init(cfg.init, device) if cfg.init is not None else None  # (model, cache key, path): loaded once
     clusters, num_classes = {}, data.num_classes
@@ -178,7 +180,7 @@ def train(**config) -> Path:
         start, losses, sk_losses, monitor = ck["step"], ck["losses"], ck.get("sk_losses", []), ck.get("monitor", [])
         torch.set_rng_state(ck["rng"]["torch"]); np.random.set_state(ck["rng"]["numpy"]); random.setstate(ck["rng"]["python"])
     if cfg.compile: model.compile()                                       # in place: parameter names stay as they are
-    net = _Step(model, stopgrad=cfg.sk_stopgrad, epsilon=cfg.sk_epsilon, n_iters=cfg.sk_iters,
+    net = _Step(model, src == "tap", stopgrad=cfg.sk_stopgrad, epsilon=cfg.sk_epsilon, n_iters=cfg.sk_iters,
                 temperature=cfg.sk_temperature, form=cfg.sk_form)
     if W > 1: net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None,
                         find_unused_parameters=True)  # the condition slot rests in warm-up, the null without guidance
@@ -217,11 +219,10 @@ def train(**config) -> Path:
     for step, (x0, y) in enumerate(bar, start=start):                            # x0, y: this rank's rows
         *inputs, views = step_inputs(x0, y, step_generator(cfg.seed, step), cfg, path, rows, step >= warm_end,
                                      data.scale if latent else None)
+        kept = None if not online or inputs[4] is None else _to((~inputs[4]).nonzero()[:, 0], device)  # m* rows
         x0, noise, t, c, drop, m_noise = (_to(v, device) for v in inputs)             # (b, C, H, W), ..., (b,)
-        views = [tuple(_to(v, device) for v in view) for view in views]
-        if m_noise is not None:                                                       # m* of the EMA network, or null
-            ids = torch.cat([assign(model.bootstrap, ema, x0[s], path, noise=m_noise[s]) for s in chunks])  # (b[, N])
-            c = model.bootstrap.condition(ids)
+        views, feats, taps = [tuple(_to(v, device) for v in view) for view in views], None, []
+        if online: c, feats = online_inputs(model.bootstrap, ema, x0, views, kept, m_noise, path, src, mb)  # m*
         for grp in opt.param_groups: grp["lr"] = lr_at(step, cfg.lr, cfg.warmup_steps)
         w_sk, loss_sum = sk_weight(step, cfg.steps, cfg.sk_sigma, cfg.sk_warmup_weight), 0.0
         opt.zero_grad(set_to_none=True)
@@ -229,8 +230,9 @@ def train(**config) -> Path:
             last = s is chunks[-1]
             with net.no_sync() if W > 1 and not last else nullcontext():             # DDP all-reduces after the last
                 with autocast(device, cfg.amp):
-                    pred, l_sk = net(path.x_t(x0[s], noise[s], t[s]), t[s], None if c is None else c[s],
-                                     None if drop is None else drop[s], views if last else None)  # (mb, C, H, W)
+                    pred, l_sk, f = net(path.x_t(x0[s], noise[s], t[s]), t[s], None if c is None else c[s],
+                                        None if drop is None else drop[s], views if last else None, feats, taps)
+                taps.append(f)                                                        # (mb[ * N], F) or None
                 loss = path.loss(pred, x0[s], noise[s], t[s])
                 (loss / len(chunks) + (0 if l_sk is None else w_sk * l_sk.float())).backward()
             loss_sum = loss_sum + loss.detach()
@@ -268,7 +270,7 @@ def train(**config) -> Path:
                     metrics=metrics, recipe=recipe, **({"clusters": clusters} if clusters else {}),
                     **({"latents": dict(folder=str(data.root), scale=data.scale, image_size=data.image_size)}
                        if latent else {}),
-                    **({"online": dict(warmup_end=warm_end, monitor=monitor)} if online else {}))
+                    **({"online": dict(warmup_end=warm_end, sk_features=src, monitor=monitor)} if online else {}))
     return out
 
 # %% ../nbs/05_train.ipynb #c020
@@ -276,7 +278,8 @@ def load_run(run_dir, ema: bool = True, device: str = "auto"):
     "(model, config) of a run folder (its last checkpoint) or a checkpoint file; EMA weights unless `ema=False`"
     ck_path = Path(run_dir) if Path(run_dir).is_file() else Path(run_dir) / "checkpoints" / "last.pt"
     if not ck_path.exists():
-        raise FileNotFoundError(f"no checkpoint at {ck_path}: is {run_dir} a training run folder or checkpoint file?")
+        raise FileNotFoundError(f"no checkpoint at {ck_path}: is {run_dir} a training run folder or checkpoint file "
+                                "(--run)?")
     ck = torch.load(ck_path, map_location="cpu", weights_only=False)
     cfg = TrainConfig(**ck["config"])
     sd = {**ck["ema" if ema else "model"], **{k: v for k, v in ck["model"].items() if k.startswith("bootstrap.")}}  # head, prototypes: never averaged

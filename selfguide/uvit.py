@@ -143,37 +143,45 @@ class UViT(nn.Module):
         if self.cls_token is not None: toks.append(self.cls_token.expand(B, -1, -1))
         return torch.cat(toks + [patches], dim=1) + self.pos_embed         # (B, extras + N, D)
 
-    def blocks(self, h, stop: int | None = None):
-        "Run the blocks on tokens `h`; with `stop`, return the output of block `stop` (0-based) early"
-        skips = []
+    def blocks(self, h, stop: int | None = None, tap: int | None = None):
+        "Run the blocks on tokens `h`; `stop`: return block `stop`'s output (0-based) early; `tap`: (h, its output)"
+        skips, n_in, seen = [], len(self.in_blocks), None
         for i, blk in enumerate(self.in_blocks):
             h = blk(h); skips.append(h)
+            if i == tap: seen = h
             if i == stop: return h
         h = self.mid_block(h)
-        if stop == len(self.in_blocks): return h
+        if n_in == tap: seen = h
+        if stop == n_in: return h
         for j, blk in enumerate(self.out_blocks):
             h = blk(h, skips.pop())
-            if stop == len(self.in_blocks) + 1 + j: return h
-        return h                                                           # (B, extras + N, D)
+            if n_in + 1 + j == tap: seen = h
+            if stop == n_in + 1 + j: return h
+        return h if tap is None else (h, seen)                             # (B, extras + N, D)
 
     def unpatchify(self, h):
         "(B, N, p*p*C) -> (B, C, H, W)"
         B, p, C, g = h.shape[0], self.patch_size, self.in_chans, self.img_size // self.patch_size
         return h.reshape(B, g, g, p, p, C).permute(0, 5, 1, 3, 2, 4).reshape(B, C, g * p, g * p)
 
-    def forward(self, x, t, c=None, drop=None):
-        "Velocity for images `x` (B, C, H, W) at times `t` (B,) with condition `c`"
-        h = self.blocks(self.tokens(x, t, c, drop))
+    def forward(self, x, t, c=None, drop=None, tap: int | None = None):
+        "Velocity for images `x` (B, C, H, W) at times `t` (B,) with condition `c`; `tap`: (velocity, its features)"
+        h = self.blocks(self.tokens(x, t, c, drop), tap=tap)
+        if tap is not None: h, seen = h                                    # block `tap`'s tokens, in the graph
         h = self.decoder_pred(self.norm(h))[:, self.extras:]               # (B, N, p*p*C): slice after the decoder
-        return self.final_layer(self.unpatchify(h))                        # (B, C, H, W)
+        v = self.final_layer(self.unpatchify(h))                           # (B, C, H, W)
+        return v if tap is None else (v, self.readouts(seen))
 
-    def features(self, x, t, layer: int, c=None, drop=None) -> dict:
-        "Feature tap at block `layer`: the CLS (or time) token, the mean patch token and all patch tokens"
-        if not 0 <= layer < self.num_blocks: raise ValueError(f"layer must be in [0, {self.num_blocks - 1}], got {layer}")
-        h = self.blocks(self.tokens(x, t, c, drop), stop=layer)            # (B, extras + N, D)
+    def readouts(self, h) -> dict:
+        "The CLS (or time) token, the mean patch token and all patch tokens of block output `h` (B, extras + N, D)"
         patches = h[:, self.extras:]
         token = h[:, self.extras - 1] if self.cls_token is not None else h[:, 0]
         return dict(token=token, mean=patches.mean(1), patches=patches)   # (B, D), (B, D), (B, N, D)
+
+    def features(self, x, t, layer: int, c=None, drop=None) -> dict:
+        "Feature tap at block `layer`: the blocks after it never run (see `readouts`)"
+        if not 0 <= layer < self.num_blocks: raise ValueError(f"layer must be in [0, {self.num_blocks - 1}], got {layer}")
+        return self.readouts(self.blocks(self.tokens(x, t, c, drop), stop=layer))
 
 # %% ../nbs/02_uvit.ipynb #c017
 PRESETS = {

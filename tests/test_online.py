@@ -56,13 +56,55 @@ def backbones_equal(a, b):
     return all(torch.equal(sa[k], sb[k]) for k in sa if not k.startswith("bootstrap.")), all(torch.equal(sa[k], sb[k]) for k in sa)
 
 @pytest.mark.parametrize("stopgrad", [True, False])
-def test_stop_gradient_keeps_the_backbone_out_of_the_sk_loss(tmp_path, stopgrad):
+@pytest.mark.parametrize("mask", [False, True])                          # auto: 'ema' or 'online'; 'tap'
+def test_stop_gradient_keeps_the_backbone_out_of_the_sk_loss(tmp_path, stopgrad, mask):
     # the same two steps with SK weights (0, 0.56) and (1, 1): with stop-gradient the backbones stay identical
-    kw = dict(SMALL, sk_stopgrad=stopgrad, steps=2, sk_sigma=0.9)
+    kw = dict(SMALL, sk_stopgrad=stopgrad, steps=2, sk_sigma=0.9, sk_mask=mask, batch_size=32)
     a = train(**kw, out_dir=str(tmp_path / "a"))
     b = train(**{**kw, "sk_warmup_weight": False}, out_dir=str(tmp_path / "b"))
     backbone, everything = backbones_equal(a, b)
     assert backbone == stopgrad and not everything                       # the head differs in both cases
+
+PAPER = dict(SMALL, sk_mask=True, feature_readout="token", feature_t=0.2, batch_size=32)
+
+def _equal(a, b): return a.keys() == b.keys() and all(torch.equal(v, b[k]) for k, v in a.items())
+
+def _states(run):
+    ck = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    return ck["model"], ck["ema"], ck["sk_losses"]
+
+@pytest.mark.parametrize("cfg,sources", [(SMALL, ("ema", "online")), (PAPER, ("tap", "online", "ema"))])
+def test_every_sk_features_source_trains_the_same_warm_up(tmp_path, cfg, sources):
+    # in warm-up the training condition is 0 and the EMA copies the network: tap, ema and online read the same rows
+    runs = {s: _states(train(**cfg, steps=3, sk_sigma=0.9, sk_features=s, out_dir=str(tmp_path / s))) for s in sources}
+    (ma, ea, la), *rest = runs.values()
+    for mb, eb, lb in rest:
+        assert la == lb and _equal(ma, mb) and _equal(ea, eb)
+
+@pytest.mark.parametrize("cfg", [SMALL, PAPER])
+def test_sk_features_resume_exactly_across_the_end_of_warm_up(tmp_path, cfg, monkeypatch):
+    # the default source (ema without the mask, tap with it): stopped after step 2's checkpoint, resumed past step 3
+    from selfguide.train import StepBatchSampler
+    straight = train(**cfg, steps=6, out_dir=str(tmp_path / "a"))
+    real = StepBatchSampler.__iter__
+    def crash_at_2(self):
+        for step, batch in zip(range(self.start, self.stop), real(self)):
+            if step == 2: raise RuntimeError("simulated crash")
+            yield batch
+    monkeypatch.setattr(StepBatchSampler, "__iter__", crash_at_2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(**cfg, steps=6, ckpt_every=2, out_dir=str(tmp_path / "b"))
+    monkeypatch.setattr(StepBatchSampler, "__iter__", real)
+    resumed = train(**cfg, steps=6, ckpt_every=2, out_dir=str(tmp_path / "b"))
+    (ma, ea, la), (mb, eb, lb) = _states(straight), _states(resumed)
+    assert la == lb and _equal(ma, mb) and _equal(ea, eb)
+
+def test_sk_features_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="sk_features must be"): TrainConfig(sk_features="cls")
+    with pytest.raises(ValueError, match="sk_mask=True"):
+        train(**SMALL, steps=1, sk_features="tap", out_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="no gradient"):
+        train(**SMALL, steps=1, sk_features="ema", sk_stopgrad=False, out_dir=str(tmp_path))
 
 def test_cli_prototype_and_query(run, tmp_path):
     main(["sample", "--run", str(run), "--n", "4", "--solver", "euler", "--steps", "2", "--prototype", "4", "--out", str(tmp_path / "p.npz")])
