@@ -108,8 +108,10 @@ def cluster_conditions(cfg, data, device, init=None) -> tuple[object, dict]:
                                 cfg.cache_dir, path=path, seed=cfg.seed)
         info = dict(source=str(cfg.init), layer=layer, t=cfg.feature_t, readout=cfg.feature_readout, path=path)
     else:
-        feats = encoder_features(load_encoder(cfg.encoder, cfg.encoder_weights, device), data)
-        info = dict(source=cfg.encoder, weights=str(cfg.encoder_weights))
+        encoder = load_encoder(cfg.encoder, cfg.encoder_weights, device)
+        feats = encoder_features(encoder, data)                            # (N, F)
+        info = dict(source=getattr(encoder, "source", cfg.encoder), encoder=cfg.encoder,  # 'pca of pixels'
+                    weights=str(cfg.encoder_weights))
     assign = kmeans(feats, cfg.clusters, cfg.seed)                                     # (N,)
     counts = np.bincount(assign, minlength=cfg.clusters)
     info.update(k=cfg.clusters, used=float((counts > 0).mean()), counts=counts.tolist())
@@ -204,7 +206,7 @@ def train(**config) -> Path:
         losses.extend(v[0] for v in vals); sk_losses.extend(v[1] for v in vals if online)
         now = time.perf_counter(); step_s.append((now - tick) / len(vals)); tick, pending = now, []
         sk = {"sk": f"{np.nanmean(sk_losses[-25:]):.3f}"} if online else {}
-        bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4f}", **sk)
+        bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4f}", **sk, refresh=False)  # shown at the next update
 
     warm_end = int(np.ceil(cfg.sk_sigma * cfg.steps)) if online else 0    # Alg. 1: warm-up while step / N < sigma
     loader = DataLoader(data, batch_sampler=StepBatchSampler(len(data), B, cfg.seed, start, cfg.steps, rank(), W),

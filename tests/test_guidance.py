@@ -119,6 +119,7 @@ def test_pca_encoder_clusters_pixels_without_weights(tmp_path):
     run = train(dataset="npz", data_root=str(tmp_path / "d.npz"), guidance="external", encoder="pca4", clusters=4,
                 preset="tiny", patch_size=4, batch_size=8, steps=2, out_dir=str(tmp_path / "pca"))
     m = read_manifest(run)
-    assert m["clusters"]["source"] == "pca4" and sum(m["clusters"]["counts"]) == 80 and m["metrics"]["nmi"] > 0.99
+    assert m["clusters"]["source"] == "pca of pixels" and m["clusters"]["encoder"] == "pca4"
+    assert sum(m["clusters"]["counts"]) == 80 and m["metrics"]["nmi"] > 0.99
     model, _ = load_run(run)
     assert model.num_classes == 4
