@@ -49,6 +49,7 @@ bench: venv data
 	$(BIN)/python benchmarks/sinkhorn_speed.py $(BENCH)
 	$(BIN)/python benchmarks/sampler_speed.py $(BENCH)
 	$(BIN)/python benchmarks/data_speed.py $(BENCH)
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/online_overhead.py --former --label make-bench $(if $(QUICK),--steps-per-phase 6 --csv outputs/bench/quick/online_overhead.csv)
 	$(BIN)/python benchmarks/attention.py --no-bf16 $(if $(QUICK),--n 2)
 	$(if $(OFFICIAL),$(BIN)/python benchmarks/uvit_official.py --official $(OFFICIAL))
 	$(BIN)/python benchmarks/summary.py $(BENCH)
