@@ -140,7 +140,8 @@ PCA_COMPONENTS = 16  # kmeans whitens them: more components weigh noise as much 
 class PixelPCA:
     "PCA of the flattened pixels, fitted on the images it is asked to encode (guidance='external', encoder='pca')"
     source = "pca of pixels"
-    def __init__(self, n_components: int = PCA_COMPONENTS, seed: int = 0): self.n_components, self.seed = n_components, seed
+    def __init__(self, n_components: int = PCA_COMPONENTS, seed: int = 0):
+        self.n_components, self.seed = n_components, seed
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         "Components (N, n_components) of uint8 images (N, C, H, W)"
@@ -157,7 +158,7 @@ def pca_encoder(name: str) -> PixelPCA | None:
 
 # %% ../nbs/04_guidance.ipynb #c017
 def load_encoder(name: str, weights, device="cpu"):
-    "timm model `name` without classifier head, weights from the local file `weights` (--encoder-weights); or `PixelPCA`"
+    "timm model `name` without its head, weights from the local file `weights` (--encoder-weights); or `PixelPCA`"
     if (pca := pca_encoder(name)) is not None: return pca                # no weights: fitted on the data it encodes
     import timm
     if weights is None or not Path(weights).is_file():
