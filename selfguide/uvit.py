@@ -180,7 +180,8 @@ class UViT(nn.Module):
 
     def features(self, x, t, layer: int, c=None, drop=None) -> dict:
         "Feature tap at block `layer`: the blocks after it never run (see `readouts`)"
-        if not 0 <= layer < self.num_blocks: raise ValueError(f"layer must be in [0, {self.num_blocks - 1}], got {layer}")
+        if not 0 <= layer < self.num_blocks:
+            raise ValueError(f"layer must be in [0, {self.num_blocks - 1}], got {layer}")
         return self.readouts(self.blocks(self.tokens(x, t, c, drop), stop=layer))
 
 # %% ../nbs/02_uvit.ipynb #c017
