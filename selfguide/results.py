@@ -5,7 +5,7 @@ the paper's numbers, and the summary each result writes."""
 
 # %% ../nbs/10_results.ipynb #c002
 from __future__ import annotations
-import json, os, tempfile
+import hashlib, json, os, tempfile
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -14,16 +14,17 @@ from .data import to_float
 from .guidance import file_key
 from .runs import read_manifest, run_checkpoints, atomic_write
 from .train import train
-from .metrics import evaluate_samples
+from .metrics import evaluate_samples, check_inception
 from .report import save_grid
 from .sample import ADAPTIVE  # the solvers set by a tolerance, not steps
 from .cli import sample_run
 
 # %% auto #0
 __all__ = ['KEEP', 'SMALL', 'PAPER_READOUT', 'ONLINE_PAPER', 'RUNS', 'SMOKE', 'SMOKE_EVAL', 'METRICS', 'SCORES', 'EVAL',
-           'PAPER_TABLES', 'run_folder', 'run_options', 'run_order', 'is_finished', 'finished_runs', 'smoke_runs',
-           'setup_result', 'eval_name', 'evaluate_cached', 'cached_samples', 'evaluate_checkpoints', 'over_seeds', 'pm',
-           'seed_rows', 'eval_label', 'plot_band', 'paper_table', 'markdown_table', 'write_summary', 'save_samples']
+           'SCORING', 'PAPER_TABLES', 'run_folder', 'run_options', 'run_order', 'is_finished', 'finished_runs',
+           'smoke_runs', 'setup_result', 'eval_name', 'evaluate_cached', 'cached_samples', 'evaluate_checkpoints',
+           'over_seeds', 'pm', 'seed_rows', 'eval_label', 'plot_band', 'paper_table', 'markdown_table', 'write_summary',
+           'save_samples']
 
 # %% ../nbs/10_results.ipynb #c005
 KEEP = dict(keep_checkpoints=True)  # weaker versions (1/4, 1/2, 3/4 of the steps): curves over training, autoguidance
@@ -97,12 +98,12 @@ def smoke_runs(runs_dir, names, seeds=(0,), runs: dict = RUNS, **over) -> Path:
     return Path(runs_dir)
 
 def setup_result(needs, runs_dir, seeds: int, out_dir, smoke: bool | None = None, smoke_over: dict | None = None,
-                 **sampling) -> tuple[str, list, Path, dict]:
+                 runs: dict = RUNS, **sampling) -> tuple[str, list, Path, dict]:
     "(runs_dir, seed list, output folder, sampling) of a result notebook; smoke runs and sizes under `IN_TEST`"
     os.chdir(next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml").exists()))
     if os.environ.get("IN_TEST") if smoke is None else smoke:
         runs_dir, seeds, out_dir, sampling = tempfile.mkdtemp(), 1, tempfile.mkdtemp(), {**sampling, **SMOKE_EVAL}
-        smoke_runs(runs_dir, needs, **(smoke_over or {}))
+        smoke_runs(runs_dir, needs, runs=runs, **(smoke_over or {}))
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     seeds = list(range(seeds))
     have = {n: sorted(finished_runs(runs_dir, n, seeds)) for n in needs}
@@ -115,6 +116,7 @@ METRICS = ("fd_cls", "precision", "recall", "cls_score")  # the offline metrics 
 _INCEPTION = ("fid", "is")  # Inception's FID and IS, where the evaluation had Inception weights ($SELFGUIDE_INCEPTION)
 SCORES = (*METRICS, *_INCEPTION)
 EVAL = dict(n=1000, solver="dopri5", steps=50, g=0.4, rtol=1e-3, atol=1e-3, seed=0, batch_size=500)
+SCORING = ("inception", "reference", "reference_data")  # how samples are scored, not drawn (no part of their name)
 
 def _dataset(run: Path) -> tuple:
     "(dataset, data_root) of a run, from its manifest, else (while it trains) from its last checkpoint"
@@ -129,21 +131,32 @@ def eval_name(checkpoint, **s) -> str:
             f"_{file_key(checkpoint, extra=json.dumps(s, sort_keys=True))}")
 
 def evaluate_cached(run, checkpoint=None, device: str = "auto", cache_dir=None, **sampling) -> dict:
-    "Offline metrics and NFE of `run` (or its kept `checkpoint`) at `sampling` over `EVAL`; read from `evals/` if there"
+    "Metrics and NFE of `run` (or its kept `checkpoint`) at `sampling` over `EVAL`; read from `evals/` if there"
     run, s = Path(run), {**EVAL, **sampling}
+    score = {k: s.pop(k, None) for k in SCORING}
     if s["solver"] not in ADAPTIVE: s["atol"] = s["rtol"] = None
     ck = Path(checkpoint) if checkpoint is not None else run / "checkpoints" / "last.pt"
     if not ck.exists():
         raise FileNotFoundError(f"no checkpoint {ck}: train the run first (experiments/reproduce.py train)")
-    file = run / "evals" / (eval_name(ck, **s) + ".json")
+    inc, name = check_inception(score["inception"]), eval_name(ck, **s)
+    key = f"{inc.resolve() if inc else ''}|{score['reference']}"  # Inception's weights and the FID reference
+    tag = "" if inc is None else "_inc" + hashlib.sha1(key.encode()).hexdigest()[:8]
+    file, npz = run / "evals" / f"{name}{tag}.json", run / "evals" / f"{name}.npz"
     if file.exists(): return json.loads(file.read_text())
-    tol = dict(rtol=s["rtol"] or 1e-5, atol=s["atol"] or 1e-5)
-    res = sample_run(run if checkpoint is None else ck, s["n"], s["solver"], s["steps"], s["g"], None, seed=s["seed"],
-                     batch_size=s["batch_size"], device=device, **tol)
-    m = evaluate_samples(res["images"], *_dataset(run), cache_dir=cache_dir, device=device, progress=False)
-    m |= dict(nfe=float(res["nfe"]), checkpoint=ck.name, samples=file.with_suffix(".npz").name, **s)
-    file.parent.mkdir(exist_ok=True)
-    np.savez_compressed(file.with_suffix(".npz"), images=res["images"], labels=res["labels"])
+    z = dict(np.load(npz)) if npz.exists() else {}
+    if "nfe" in z: images, labels, nfe = z["images"], z["labels"], float(z["nfe"])  # drawn already: score them
+    else:
+        tol = dict(rtol=s["rtol"] or 1e-5, atol=s["atol"] or 1e-5)
+        res = sample_run(run if checkpoint is None else ck, s["n"], s["solver"], s["steps"], s["g"], None,
+                         seed=s["seed"], batch_size=s["batch_size"], device=device, **tol)
+        images, labels, nfe = res["images"], res["labels"], float(res["nfe"])
+        npz.parent.mkdir(exist_ok=True)
+        atomic_write(npz, lambda f: np.savez_compressed(f, images=images, labels=labels, nfe=nfe))
+    ds, root = _dataset(run)
+    if ds == "latents" and score["reference_data"]: ds, root = score["reference_data"]  # the images it imitates
+    m = evaluate_samples(images, ds, root, inception=inc, reference=score["reference"], cache_dir=cache_dir,
+                         device=device, progress=False)
+    m |= dict(nfe=nfe, checkpoint=ck.name, samples=npz.name, **s)
     atomic_write(file, lambda f: f.write((json.dumps(m, indent=1) + "\n").encode()))
     return m
 
@@ -155,7 +168,7 @@ def evaluate_checkpoints(run, **sampling) -> list[dict]:
     "`evaluate_cached` of every kept checkpoint of `run` (and its last), each with its `step`"
     return [dict(evaluate_cached(run, ck, **sampling), step=step) for step, ck in run_checkpoints(run).items()]
 
-# %% ../nbs/10_results.ipynb #c013
+# %% ../nbs/10_results.ipynb #c014
 def over_seeds(rows, by="row", cols=SCORES) -> pd.DataFrame:
     "Mean, std (ddof 1; 0 for one seed) and seed count of `cols` per `by` group(s) of `rows` (dicts or a DataFrame)"
     df, by = pd.DataFrame(rows), [by] if isinstance(by, str) else list(by)
@@ -195,7 +208,7 @@ def plot_band(ax, stats: pd.DataFrame, x: str, y: str, label=None, **kw):
     line, = ax.plot(d[x], d[y], marker="o", label=label, **kw)
     ax.fill_between(d[x], d[y] - d[y + "_std"], d[y] + d[y + "_std"], color=line.get_color(), alpha=0.2)
 
-# %% ../nbs/10_results.ipynb #c016
+# %% ../nbs/10_results.ipynb #c017
 PAPER_TABLES = {  # (FID, IS) per row; None where the paper has no entry
     "table1": {"unconditional": (45.1, 26.5), "offline guidance": (35.8, 34.8), "bootstrapping (online)": (36.0, 34.3),
                "bootstrapping (patch)": (33.4, 45.3), "class guidance": (34.4, 44.1),
@@ -213,7 +226,7 @@ def paper_table(name: str) -> pd.DataFrame:
     return pd.DataFrame([dict(row=r, paper_FID=v[0] if v else None, paper_IS=v[1] if v else None)
                          for r, v in PAPER_TABLES[name].items()])
 
-# %% ../nbs/10_results.ipynb #c019
+# %% ../nbs/10_results.ipynb #c020
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".2f") -> str:
     "`df` as a Markdown table (numbers with `floatfmt`, missing as '–')"
     def f(v):

@@ -52,3 +52,19 @@ def make_vae(path, **kw) -> Path:
                   block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4,
                   sample_size=32, **kw).save_pretrained(path)
     return Path(path)
+
+def make_inception_standin(path) -> Path:
+    "A TorchScript file with clean-fid's Inception interface (`layers`, `output`) and 16 random features"
+    import warnings, torch
+    from torch import nn
+    class StandIn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.Sequential(nn.AdaptiveAvgPool2d(6), nn.Flatten(), nn.Linear(108, 16))
+            self.output = nn.Linear(16, 10)
+        def forward(self, x): return self.output(self.layers(x))
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, but it is clean-fid's format
+        torch.jit.save(torch.jit.script(StandIn()), path)
+    return Path(path)

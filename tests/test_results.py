@@ -69,3 +69,33 @@ def test_over_seeds_and_paper_tables():
     assert t.fd_cls[0] == "3.00 ± 1.41" and t.precision[0] == "0.60 ± 0.14" and t.seeds[0] == 2 and "recall" not in t
     assert paper_table("table1").set_index("row").paper_FID["unconditional"] == 45.1
     assert paper_table("table3_lsun_churches").set_index("row").paper_FID.isna()["class guidance"]
+
+def test_paper_scale_trains_the_recipe_registry_through_a_launcher(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(reproduce.subprocess, "run",
+                        lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    reproduce.main(["train", "--dataset", "lsun", "--data-root", "/data/lsun_lmdb", "--vae", "/w/vae", "--seeds", "1",
+                    "--runs-dir", str(tmp_path), "--only", "lsun_offline", "--launch", "torchrun --nproc_per_node 4"])
+    assert [c[:6] for c in calls] == [["torchrun", "--nproc_per_node", "4", "-m", "selfguide", "train"]] * 2
+    none, offline = calls
+    assert ["--dataset", "lsun", "--data-root", "/data/lsun_lmdb", "--vae", "/w/vae"] == none[6:12]
+    assert str(tmp_path / "lsun_none_s0") in none and ["--init", str(tmp_path / "lsun_none_s0")] == \
+        offline[offline.index("--init"):offline.index("--init") + 2]
+    with pytest.raises(SystemExit, match="--data-root"): reproduce.main(["train", "--dataset", "imagenet100"])
+
+def test_paper_scale_notebooks_get_the_dataset_and_its_files(tmp_path, monkeypatch):
+    cmds = []
+    monkeypatch.setattr(reproduce.subprocess, "run",
+                        lambda cmd, **kw: cmds.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    reproduce.main(["notebooks", "--dataset", "imagenet100", "--data-root", "/in/train", "--inception", "/w/inc.pt",
+                    "--runs-dir", str(tmp_path / "runs"), "--outputs", str(tmp_path / "out"), "--seeds", "1"])
+    assert len(cmds) == len(reproduce.PAPER_NOTEBOOKS) and "fig05_query" not in reproduce.PAPER_NOTEBOOKS
+    c = cmds[0]
+    for k, v in (("dataset", "imagenet100"), ("data_root", "/in/train"), ("inception", "/w/inc.pt")):
+        assert ["-p", k, v] == c[c.index(k) - 1:c.index(k) + 2]
+    assert "vae" not in c and "PAPER" not in (tmp_path / "out" / "README.md").read_text()
+    assert (tmp_path / "out" / "README.md").read_text().startswith("# Results at paper scale")
+    for n in reproduce.PAPER_NOTEBOOKS:  # every one takes the paper-scale parameters
+        cells = json.loads((ROOT / "nbs" / f"{n}.ipynb").read_text())["cells"]
+        src = "".join(next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))["source"])
+        assert all(f"\n{k} = " in "\n" + src for k in ("dataset", *reproduce.PATHS)), n
