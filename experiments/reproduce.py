@@ -34,9 +34,9 @@ OUTPUTS = ROOT / "outputs"
 NOTEBOOKS = ("table1_guidance", "table2_ablations", "table3_datasets", "sweep_nmi_ari", "fig04_training",
              "fig05_query", "fig07_nfe", "fig11_guidance", "fig16_clusters", "fig19_trajectory", "autoguidance")
 # at paper scale: the results written in roles (sweep_nmi_ari takes an official checkpoint by its own parameters,
-# fig05_query needs query images through the SD-VAE encoder, autoguidance is beside the paper)
-PAPER_NOTEBOOKS = ("table1_guidance", "table2_ablations", "table3_datasets", "fig04_training", "fig07_nfe",
-                   "fig11_guidance", "fig16_clusters", "fig19_trajectory")
+# autoguidance is beside the paper)
+PAPER_NOTEBOOKS = ("table1_guidance", "table2_ablations", "table3_datasets", "fig04_training", "fig05_query",
+                   "fig07_nfe", "fig11_guidance", "fig16_clusters", "fig19_trajectory")
 PATHS = ("data_root", "latents", "vae", "encoder_weights", "inception", "reference_stats")  # notebook parameters
 
 

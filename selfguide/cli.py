@@ -13,7 +13,7 @@ from .data import to_uint8, load_image, load_dataset, FILE_DATASETS, DATASET_ALI
 from .guidance import sample_conditions, ONLINE_MODES
 from .online import check_sk_batch
 from .config import TrainConfig, training_data
-from .latents import encode, load_vae, decode
+from .latents import encode, load_vae, decode, encode_images
 from .runs import update_manifest, read_manifest
 from .train import train, load_run
 from .sample import sample, SOLVERS, prototype_conditions, rank_chunks, gather_ranks, check_guide
@@ -139,9 +139,11 @@ def sample_run(run, n=None, solver="dopri5", steps=50, g=0.4, cls=None, rtol=1e-
     if (prototype is not None or query is not None) and not online:
         raise ValueError(f"--prototype and --query need an online run; {run} was trained with guidance={cfg.guidance!r}")
     if online:
-        if query is not None: query = load_image(query, model.in_chans, model.img_size)
-        if query is not None and vae is not None:
-            raise ValueError("--query on a latent run is not supported yet: sample with --prototype K instead")
+        if query is not None and vae is None: query = load_image(query, model.in_chans, model.img_size)
+        elif query is not None:  # a latent run: the image through the SD-VAE's encoder, as its training images were
+            v = load_vae(vae, next(model.parameters()).device)
+            side = model.img_size * 2 ** (len(v.config.block_out_channels) - 1)   # the image size of the latents
+            query = encode_images(v, load_image(query, 3, side), read_manifest(run).get("latents", {}).get("scale"))
         need = model.bootstrap.patch and prototype is None and query is None  # patch layouts of training images
         data = training_data(cfg.dataset, cfg.data_root, cfg.image_size, cfg.vae, cfg.cache_dir) if need else None
         c, ids = prototype_conditions(model, n, prototype, query, read_manifest(run).get("metrics", {}).get("prototype_counts"),
@@ -194,7 +196,6 @@ def load_samples(path, read: bool = True) -> np.ndarray | None:
     if x.dtype != np.uint8 or x.ndim != 4:
         raise ValueError(f"{p}: 'images' must be uint8 (N, H, W, C), got {x.dtype} {x.shape} (--samples)")
     return x
-
 
 # %% ../nbs/09_cli.ipynb #c009
 def evaluate(samples=None, run=None, dataset=None, data_root=None, inception=None, n=None, solver="dopri5", steps=50,

@@ -14,7 +14,7 @@ from .data import cache_root, resize_uint8, to_float, to_uint8, data_key
 
 # %% auto #0
 __all__ = ['FORMAT', 'load_vae', 'vae_scale', 'vae_identity', 'encode', 'read_index', 'LatentFolder', 'draw_latents', 'decode',
-           'latent_cache', 'encode_cached']
+           'encode_images', 'latent_cache', 'encode_cached']
 
 # %% ../nbs/00b_latents.ipynb #c006
 def _vae_dir(vae_dir) -> Path:
@@ -212,6 +212,14 @@ def decode(vae, z: torch.Tensor, scale: float | None = None, batch_size: int = 1
     scale = scale or vae_scale(vae)
     out = [vae.decode(b.to(vae.device, vae.dtype) / scale).sample.float().cpu() for b in z.split(batch_size)]
     return to_uint8(torch.cat(out))                                                      # (N, 3, H, W)
+
+# %% ../nbs/00b_latents.ipynb #n001
+@torch.no_grad()
+def encode_images(vae, x: torch.Tensor, scale: float | None = None, device=None) -> torch.Tensor:
+    "uint8 images (N, 3, H, W) -> latents scale * posterior mean (N, C, h, w), as `LatentFolder.clean` gives them"
+    if not isinstance(vae, torch.nn.Module): vae = load_vae(vae, _auto(device or "auto"))
+    scale = scale or vae_scale(vae)
+    return scale * vae.encode(to_float(x).to(vae.device, vae.dtype)).latent_dist.mean.float().cpu()
 
 # %% ../nbs/00b_latents.ipynb #c026
 def latent_cache(data, vae_dir, image_size=None, cache_dir=None) -> Path:

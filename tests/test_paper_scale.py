@@ -62,3 +62,12 @@ def test_missing_paths_name_the_option(tmp_path, vae):
     root = make_imagenet(tmp_path / "in", imagenet100_wnids()[:97])
     with pytest.raises(FileNotFoundError, match="3 of the 100 classes are missing .*--data-root"):
         train(dataset="imagenet100", data_root=str(root), vae=str(vae))
+
+def test_query_image_on_a_latent_run_goes_through_the_encoder(tmp_path, vae, cache):
+    from PIL import Image
+    lmdb = make_lsun_lmdb(tmp_path / "church_outdoor_train_lmdb", n=8, corrupt=0)
+    run = train(dataset="lsun", data_root=str(lmdb), vae=str(vae), guidance="online", clusters=4,
+                out_dir=str(tmp_path / "run"), **{**SMALL, "batch_size": 8})
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(tmp_path / "q.png")
+    res = sample_run(run, n=3, solver="euler", steps=2, query=tmp_path / "q.png")
+    assert res["images"].shape == (3, 32, 32, 3) and len(set(res["labels"].tolist())) == 1  # one prototype: the query's

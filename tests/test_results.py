@@ -89,7 +89,7 @@ def test_paper_scale_notebooks_get_the_dataset_and_its_files(tmp_path, monkeypat
                         lambda cmd, **kw: cmds.append(cmd) or subprocess.CompletedProcess(cmd, 0))
     reproduce.main(["notebooks", "--dataset", "imagenet100", "--data-root", "/in/train", "--inception", "/w/inc.pt",
                     "--runs-dir", str(tmp_path / "runs"), "--outputs", str(tmp_path / "out"), "--seeds", "1"])
-    assert len(cmds) == len(reproduce.PAPER_NOTEBOOKS) and "fig05_query" not in reproduce.PAPER_NOTEBOOKS
+    assert len(cmds) == len(reproduce.PAPER_NOTEBOOKS) and "autoguidance" not in reproduce.PAPER_NOTEBOOKS
     c = cmds[0]
     for k, v in (("dataset", "imagenet100"), ("data_root", "/in/train"), ("inception", "/w/inc.pt")):
         assert ["-p", k, v] == c[c.index(k) - 1:c.index(k) + 2]
