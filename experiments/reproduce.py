@@ -21,13 +21,14 @@ results needing the same cell sample once.
 """
 from __future__ import annotations
 import argparse, os, re, shlex, subprocess, sys, time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from selfguide.results import RUNS, run_folder, run_options, run_order, is_finished  # noqa: E402
 from selfguide.scale import registry, scale_of  # noqa: E402
+from selfguide.config import RECIPES  # noqa: E402
 
 RUNS_DIR = Path(os.environ.get("SELFGUIDE_RUNS", ROOT / "runs" / "reproduce"))
 OUTPUTS = ROOT / "outputs"
@@ -72,14 +73,29 @@ def train_all(names, seeds, jobs: int = 1, runs_dir=RUNS_DIR, runs=RUNS, launch:
         what = "done" if rc == 0 else f"FAILED (exit {rc}), see {out}/train.log"
         print(f"[{i + 1}/{len(todo)}] {out.name}: {what} in {(time.time() - t0) / 60:.1f} min", flush=True)
         return rc
-    # a run that depends on another waits for it: dependent runs go after all runs without dependencies
-    first = [x for x in todo if not any(str(v).startswith("@") for v in runs[x[0]][0].values())]
-    later = [x for x in todo if x not in first]
-    rcs = []
-    for batch in (first, later):
-        with ThreadPoolExecutor(jobs) as pool:
-            rcs += list(pool.map(one, [(x, todo.index(x)) for x in batch]))
+    # a run starts as soon as the runs it depends on (`@other`, same seed) have finished, the longest first, so that
+    # no core waits behind a batch; a run whose dependency failed is not started
+    deps = {x: {(v[1:], x[1]) for v in runs[x[0]][0].values() if str(v).startswith("@")} & set(todo) for x in todo}
+    pending, running, rcs, failed = sorted(todo, key=lambda x: -expected_minutes(runs[x[0]][0])), {}, [], set()
+    with ThreadPoolExecutor(jobs) as pool:
+        while pending or running:
+            for x in [x for x in pending if deps[x] & failed]:
+                pending.remove(x); failed.add(x); rcs.append(1)
+                print(f"[{todo.index(x) + 1}/{len(todo)}] {x[0]}_s{x[1]}: not started, a run it needs failed", flush=True)
+            for x in [x for x in pending if not deps[x] & (set(pending) | set(running.values()))][:jobs - len(running)]:
+                pending.remove(x); running[pool.submit(one, (x, todo.index(x)))] = x
+            if not running: continue
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in finished:
+                x = running.pop(f); rcs.append(f.result())
+                if rcs[-1]: failed.add(x)
     if any(rcs): sys.exit(f"reproduce: {sum(r != 0 for r in rcs)} runs failed")
+
+
+def expected_minutes(opts: dict) -> float:
+    "A run's training time on 2 idle cores from its CPU recipe (`minutes`; 0 where unknown): the longest start first"
+    recipe = RECIPES.get({"digits": "cpu16", "fashion_mnist": "cpu28"}.get(opts.get("dataset"), ""), {})
+    return recipe.get("minutes", 0) * (0.3 if opts.get("preset") == "nano" else 1)
 
 
 def notebook_command(name: str, seeds: int, runs_dir=RUNS_DIR, outputs=OUTPUTS, **params) -> list[str]:

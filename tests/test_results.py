@@ -99,3 +99,15 @@ def test_paper_scale_notebooks_get_the_dataset_and_its_files(tmp_path, monkeypat
         cells = json.loads((ROOT / "nbs" / f"{n}.ipynb").read_text())["cells"]
         src = "".join(next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))["source"])
         assert all(f"\n{k} = " in "\n" + src for k in ("dataset", *reproduce.PATHS)), n
+
+def test_a_run_starts_when_its_dependency_is_done_and_not_after_it_failed(tmp_path, monkeypatch):
+    order, lock = [], __import__("threading").Lock()
+    def fake(cmd, **kw):
+        name = Path(cmd[cmd.index("--out-dir") + 1]).name
+        with lock: order.append(name)
+        return subprocess.CompletedProcess(cmd, 1 if name == "base_s1" else 0)
+    monkeypatch.setattr(reproduce.subprocess, "run", fake)
+    with pytest.raises(SystemExit, match="2 runs failed"):  # base_s1 failed, so child_s1 never started
+        reproduce.train_all(["child", "other"], [0, 1], jobs=2, runs_dir=tmp_path, runs=FAKE)
+    assert order.index("base_s0") < order.index("child_s0") and "child_s1" not in order
+    assert sorted(order) == ["base_s0", "base_s1", "child_s0", "other_s0", "other_s1"]
