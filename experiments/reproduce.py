@@ -81,7 +81,8 @@ def train_all(names, seeds, jobs: int = 1, runs_dir=RUNS_DIR, runs=RUNS, launch:
         while pending or running:
             for x in [x for x in pending if deps[x] & failed]:
                 pending.remove(x); failed.add(x); rcs.append(1)
-                print(f"[{todo.index(x) + 1}/{len(todo)}] {x[0]}_s{x[1]}: not started, a run it needs failed", flush=True)
+                print(f"[{todo.index(x) + 1}/{len(todo)}] {x[0]}_s{x[1]}: not started, a run it needs failed",
+                      flush=True)
             for x in [x for x in pending if not deps[x] & (set(pending) | set(running.values()))][:jobs - len(running)]:
                 pending.remove(x); running[pool.submit(one, (x, todo.index(x)))] = x
             if not running: continue
