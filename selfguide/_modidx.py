@@ -139,6 +139,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'selfguide.latents.encode': ('latents.html#encode', 'selfguide/latents.py'),
                                    'selfguide.latents.encode_cached': ('latents.html#encode_cached', 'selfguide/latents.py'),
                                    'selfguide.latents.encode_images': ('latents.html#encode_images', 'selfguide/latents.py'),
+                                   'selfguide.latents.image_side': ('latents.html#image_side', 'selfguide/latents.py'),
                                    'selfguide.latents.latent_cache': ('latents.html#latent_cache', 'selfguide/latents.py'),
                                    'selfguide.latents.load_vae': ('latents.html#load_vae', 'selfguide/latents.py'),
                                    'selfguide.latents.read_index': ('latents.html#read_index', 'selfguide/latents.py'),

@@ -13,7 +13,7 @@ from .data import to_uint8, load_image, load_dataset, FILE_DATASETS, DATASET_ALI
 from .guidance import sample_conditions, ONLINE_MODES
 from .online import check_sk_batch
 from .config import TrainConfig, training_data
-from .latents import encode, load_vae, decode, encode_images
+from .latents import encode, load_vae, decode, encode_images, image_side
 from .runs import update_manifest, read_manifest
 from .train import train, load_run
 from .sample import sample, SOLVERS, prototype_conditions, rank_chunks, gather_ranks, check_guide
@@ -142,8 +142,8 @@ def sample_run(run, n=None, solver="dopri5", steps=50, g=0.4, cls=None, rtol=1e-
         if query is not None and vae is None: query = load_image(query, model.in_chans, model.img_size)
         elif query is not None:  # a latent run: the image through the SD-VAE's encoder, as its training images were
             v = load_vae(vae, next(model.parameters()).device)
-            side = model.img_size * 2 ** (len(v.config.block_out_channels) - 1)   # the image size of the latents
-            query = encode_images(v, load_image(query, 3, side), read_manifest(run).get("latents", {}).get("scale"))
+            scale = read_manifest(run).get("latents", {}).get("scale")
+            query = encode_images(v, load_image(query, 3, image_side(v, model.img_size)), scale)
         need = model.bootstrap.patch and prototype is None and query is None  # patch layouts of training images
         data = training_data(cfg.dataset, cfg.data_root, cfg.image_size, cfg.vae, cfg.cache_dir) if need else None
         c, ids = prototype_conditions(model, n, prototype, query, read_manifest(run).get("metrics", {}).get("prototype_counts"),

@@ -14,7 +14,7 @@ from .data import cache_root, resize_uint8, to_float, to_uint8, data_key
 
 # %% auto #0
 __all__ = ['FORMAT', 'load_vae', 'vae_scale', 'vae_identity', 'encode', 'read_index', 'LatentFolder', 'draw_latents', 'decode',
-           'encode_images', 'latent_cache', 'encode_cached']
+           'encode_images', 'image_side', 'latent_cache', 'encode_cached']
 
 # %% ../nbs/00b_latents.ipynb #c006
 def _vae_dir(vae_dir) -> Path:
@@ -220,6 +220,10 @@ def encode_images(vae, x: torch.Tensor, scale: float | None = None, device=None)
     if not isinstance(vae, torch.nn.Module): vae = load_vae(vae, _auto(device or "auto"))
     scale = scale or vae_scale(vae)
     return scale * vae.encode(to_float(x).to(vae.device, vae.dtype)).latent_dist.mean.float().cpu()
+
+def image_side(vae, latent_side: int) -> int:
+    "The image side whose latents have side `latent_side` (the VAE halves the side per block after the first)"
+    return latent_side * 2 ** (len(vae.config.block_out_channels) - 1)
 
 # %% ../nbs/00b_latents.ipynb #c026
 def latent_cache(data, vae_dir, image_size=None, cache_dir=None) -> Path:
