@@ -63,6 +63,8 @@ class TrainConfig:
     sk_features: str = "auto"      # online: SK rows from the training forward ('tap'), the EMA pass of m* ('ema') or
                                    # an own pass ('online'); auto: tap with sk_mask, ema without (online.sk_source)
     sk_two_view: bool = False      # online: two noisings per image, each predicts the other's codes (SwAV)
+    amortise: int = 1              # online: m* computed for 1 row in R a step, the rest from a per-image cache
+                                   # (1: Eq. 16 for every row; selfguide.amortise)
     sk_form: str = "ce"            # online: SK loss 'ce' (released code) or 'frobenius' (Eq. 11)
     sk_temperature: float = 0.1
     sk_epsilon: float = 0.05       # Sinkhorn entropic regularisation
@@ -96,6 +98,7 @@ class TrainConfig:
             raise ValueError(f"sk_sinkhorn must be 'batch' or 'masked', got {self.sk_sinkhorn!r}")
         if self.sk_features not in SK_FEATURES: raise ValueError(f"sk_features must be one of {SK_FEATURES}")
         if not 0 <= self.sk_sigma < 1: raise ValueError(f"sk_sigma must be in [0, 1), got {self.sk_sigma}")
+        if self.amortise < 1: raise ValueError(f"amortise must be 1 (every row, every step) or more, got {self.amortise}")
 
 # %% ../nbs/04b_config.ipynb #c008
 PAPER = dict(  # Table 4, shared by the three paper datasets

@@ -17,7 +17,7 @@ from .guidance import READOUTS, ONLINE_MODES, cluster_scores, assignment_stats
 # %% auto #0
 __all__ = ['MAX_HEAD_PARAMS', 'SK_MASK', 'SINKHORN_ROWS', 'SK_FEATURES', 'Bootstrap', 'build_bootstrap', 'check_sk_batch',
            'sk_views', 'sk_codes', 'sk_objective', 'sk_weight', 'assign', 'assign_rows', 'assign_images', 'sk_source',
-           'check_online', 'online_inputs', 'prototype_stats']
+           'check_online', 'online_inputs', 'prototype_stats', 'monitor_stats']
 
 # %% ../nbs/04a_online.ipynb #c006
 class Bootstrap(nn.Module):
@@ -197,3 +197,8 @@ def prototype_stats(idx: torch.Tensor, k: int, labels=None) -> dict:
     if out["prototypes_used"] < 0.5:
         warnings.warn(f"only {round(s['used'] * k)} of {k} prototypes receive any image: the assignments have collapsed")
     return out
+
+def monitor_stats(boot: Bootstrap, ema, data, cfg, path="cv") -> dict:
+    "`prototype_stats` of the EMA's m* over the first `cfg.monitor_images` images of `data` (`cfg`: a `TrainConfig`)"
+    idx = assign_images(boot, ema, data, path, seed=cfg.seed, n_max=cfg.monitor_images, progress=False)
+    return prototype_stats(idx, boot.k, data.labels[:len(idx)].numpy() if (data.labels >= 0).all() else None)

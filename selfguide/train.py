@@ -22,8 +22,8 @@ from .runs import (ema_update, ema_decay_at, lr_at, resolve_device, autocast, gi
                             update_manifest, save_checkpoint, keep_checkpoint)
 from .guidance import (check_guidance, condition_slot, batch_condition, cached_features, file_key, kmeans,
                                 cluster_scores, load_encoder, encoder_features, ONLINE_MODES)
-from .online import (build_bootstrap, sk_views, sk_objective, sk_weight, assign_images, prototype_stats,
-                              check_online, sk_source, online_inputs)
+from .online import build_bootstrap, sk_views, sk_objective, sk_weight, monitor_stats, check_online, sk_source
+from .amortise import amortised_inputs, amortise_cache
 from .distributed import (init_distributed, world_size, rank, is_main, rank_rows, micro_batch, pad_rows,
                                    all_mean, local_main_first, global_batchnorm)
 
@@ -42,13 +42,16 @@ class StepBatchSampler(torch.utils.data.Sampler):
         if batch_size > n: raise ValueError(f"batch_size {batch_size} is larger than the dataset ({n} images)")
         self.n, self.bs, self.seed, self.start, self.stop = n, batch_size, seed, start, stop
         self.per_epoch, self.rows = n // batch_size, rank_rows(batch_size, rank, world_size)  # rank r of W: its rows
+        self._perm = (None, None)                                                  # (epoch, its permutation)
     def __len__(self): return max(0, self.stop - self.start)
+    def indices(self, step: int) -> torch.Tensor:
+        "Image ids (B,) of the global batch of `step`"
+        e, i = divmod(step, self.per_epoch)
+        if self._perm[0] != e:
+            self._perm = (e, torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + e)))
+        return self._perm[1][i * self.bs:(i + 1) * self.bs]
     def __iter__(self):
-        epoch, perm = None, None
-        for step in range(self.start, self.stop):
-            e, i = divmod(step, self.per_epoch)
-            if e != epoch: epoch, perm = e, torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + e))
-            yield perm[i * self.bs:(i + 1) * self.bs][self.rows].tolist()  # global batch i, this rank's rows
+        for step in range(self.start, self.stop): yield self.indices(step)[self.rows].tolist()  # this rank's rows
 
 # %% ../nbs/05_train.ipynb #c009b
 def step_inputs(x0, y, g, cfg, path, rows: slice, m_star: bool = False, latent_scale=None) -> tuple:
@@ -124,12 +127,6 @@ _RESUMABLE = {"steps", "resume", "ckpt_every", "num_workers", "device", "out_dir
               "grad_accum", "compile", "keep_checkpoints"}
 LOG_EVERY = 25  # steps between loss read-outs: the loop's only wait for the device
 
-def _online_stats(model, ema, data, cfg, path) -> dict:
-    "Prototype statistics of the EMA network over the first `monitor_images` training images"
-    idx = assign_images(model.bootstrap, ema, data, path, seed=cfg.seed, n_max=cfg.monitor_images, progress=False)
-    labels = data.labels[:len(idx)].numpy() if (data.labels >= 0).all() else None
-    return prototype_stats(idx, cfg.clusters, labels)
-
 def _to(x, device):
     "`x` on `device` without waiting (pinned memory, non-blocking copy on CUDA); None stays None"
     if x is None or device.type != "cuda": return None if x is None else x.to(device)
@@ -171,6 +168,7 @@ def train(**config) -> Path:
         if main: print(f"initialised from {cfg.init}; fresh: {', '.join(fresh) or 'nothing'}")
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     if online: del ema.bootstrap  # m* uses the EMA backbone with the trained head and prototypes (Eq. 16)
+    cache = amortise_cache(cfg, src, model, len(data), W, device)  # amortised m*: ids per image (None: Eq. 16 as is)
     if W > 1: global_batchnorm(model)                                     # the head's BatchNorm over the global batch
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     if ckpt_path.exists() and cfg.resume:
@@ -179,6 +177,7 @@ def train(**config) -> Path:
         diff = {k: (v, asdict(cfg)[k]) for k, v in ck["config"].items() if k not in fixed and asdict(cfg).get(k) != v}
         if diff: raise ValueError(f"{out} holds a run with other settings {diff} (saved, now); use another out_dir or resume=False")
         model.load_state_dict(ck["model"]); ema.load_state_dict(ck["ema"]); opt.load_state_dict(ck["opt"])
+        if cache is not None: cache.load_state_dict(ck["m_star"])
         start, losses, sk_losses, monitor = ck["step"], ck["losses"], ck.get("sk_losses", []), ck.get("monitor", [])
         torch.set_rng_state(ck["rng"]["torch"]); np.random.set_state(ck["rng"]["numpy"]); random.setstate(ck["rng"]["python"])
     if cfg.compile: model.compile()                                       # in place: parameter names stay as they are
@@ -193,7 +192,8 @@ def train(**config) -> Path:
                                          f"{ckpt_path} keeps the last good state; lower lr or enable grad_clip")
         save_checkpoint(ckpt_path, model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=step,
                         losses=losses, sk_losses=sk_losses, monitor=monitor, config=asdict(cfg),
-                        rng=dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate()))
+                        rng=dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate()),
+                        **({"m_star": cache.state_dict()} if cache is not None else {}))
         if cfg.keep_checkpoints and step < cfg.steps: keep_checkpoint(ckpt_path, step)  # step_<N>.pt beside last.pt
 
     def read_losses(step):                            # the steps since the last read-out: means over ranks, one wait
@@ -209,8 +209,8 @@ def train(**config) -> Path:
         bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4f}", **sk, refresh=False)  # shown at the next update
 
     warm_end = int(np.ceil(cfg.sk_sigma * cfg.steps)) if online else 0    # Alg. 1: warm-up while step / N < sigma
-    loader = DataLoader(data, batch_sampler=StepBatchSampler(len(data), B, cfg.seed, start, cfg.steps, rank(), W),
-                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+    sampler = StepBatchSampler(len(data), B, cfg.seed, start, cfg.steps, rank(), W)
+    loader = DataLoader(data, batch_sampler=sampler, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(cfg.seed))  # not the global RNG: resumes end alike
     pending, step_s, steps_run, t_start = [], [], 0, time.perf_counter()
     tick, nan = t_start, torch.full((), float("nan"), device=device)
@@ -224,7 +224,8 @@ def train(**config) -> Path:
         kept = None if not online or inputs[4] is None else _to((~inputs[4]).nonzero()[:, 0], device)  # m* rows
         x0, noise, t, c, drop, m_noise = (_to(v, device) for v in inputs)             # (b, C, H, W), ..., (b,)
         views, feats, taps = [tuple(_to(v, device) for v in view) for view in views], None, []
-        if online: c, feats = online_inputs(model.bootstrap, ema, x0, views, kept, m_noise, path, src, mb)  # m*
+        if online: c, feats, views = amortised_inputs(model.bootstrap, ema, cache, sampler.indices(step), step, rows,
+                                                      x0, views, kept, m_noise, path, src, mb)   # m*, SK rows
         for grp in opt.param_groups: grp["lr"] = lr_at(step, cfg.lr, cfg.warmup_steps)
         w_sk, loss_sum = sk_weight(step, cfg.steps, cfg.sk_sigma, cfg.sk_warmup_weight), 0.0
         opt.zero_grad(set_to_none=True)
@@ -246,12 +247,12 @@ def train(**config) -> Path:
         pending.append(torch.stack([loss, sk, loss if l_sk is None else loss + w_sk * sk])); steps_run += 1
         watch = step + 1 == warm_end or (cfg.monitor_every and (step + 1) % cfg.monitor_every == 0)
         if main and online and watch and step + 1 < cfg.steps:
-            monitor.append(dict(step=step + 1, **_online_stats(model, ema, data, cfg, path))); model.train()
+            monitor.append(dict(step=step + 1, **monitor_stats(model.bootstrap, ema, data, cfg, path))); model.train()
         if (step + 1) % LOG_EVERY == 0 or (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps: read_losses(step)
         if main and (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.steps: checkpoint(step + 1)
     bar.close()
     if not main: return out                                               # the run folder has one writer
-    if online and steps_run: monitor.append(dict(step=cfg.steps, **_online_stats(model, ema, data, cfg, path)))
+    if online and steps_run: monitor.append(dict(step=cfg.steps, **monitor_stats(model.bootstrap, ema, data, cfg, path)))
     if steps_run or not ckpt_path.exists(): checkpoint(cfg.steps)
     csv = "step,loss" + (",sk_loss,sk_weight\n" if online else "\n")
     csv += "".join(f"{i},{l:.6f}" + (f",{sk_losses[i]:.6f},{sk_weight(i, cfg.steps, cfg.sk_sigma, cfg.sk_warmup_weight):.4f}\n" if online else "\n")

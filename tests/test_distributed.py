@@ -3,7 +3,7 @@ batch, end where one process holding all of it ends, for guidance none and onlin
 and only rank 0 writes the run folder. `pytest -k distributed` selects these tests."""
 import json, os, socket, subprocess, sys
 from pathlib import Path
-import pytest, torch
+import numpy as np, pytest, torch
 from selfguide.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,21 +54,31 @@ def reports(tmp, procs):
     for r, (p, o) in enumerate(zip(procs, outs)): assert p.returncode == 0, f"rank {r} failed:\n{o[-3000:]}"
     return [json.loads((tmp / f"report{r}").read_text()) for r in range(len(procs))]
 
+def amortised(tmp) -> dict:
+    "Online runs with the m* cache on 32 digits (an .npz), so that every step of a batch of 32 revisits every image"
+    npz = tmp / "few.npz"
+    if not npz.exists():
+        from selfguide.data import load_digits
+        d = load_digits(); np.savez(npz, images=d.images[:32, 0].numpy(), labels=d.labels[:32].numpy())
+    few = dict(dataset="npz", data_root=str(npz), amortise=2)
+    return dict(amortised=dict(ONLINE, **few), amortised_tap=dict(PAPER, **few))      # the 'ema' and 'tap' sources
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     "The same runs by two processes (half the batch each) and by one (the whole batch, or two micro-batches)"
     tmp = tmp_path_factory.mktemp("distributed")
-    procs = launch(tmp, RUNS, REFUSED)                                       # meanwhile, one process:
-    for name, cfg in dict(none=RUNS["none"], online=ONLINE, paper=PAPER, none_accum=dict(RUNS["none"], grad_accum=2)).items():
+    procs = launch(tmp, {**RUNS, **amortised(tmp)}, REFUSED)                 # meanwhile, one process:
+    for name, cfg in dict(none=RUNS["none"], online=ONLINE, paper=PAPER, none_accum=dict(RUNS["none"], grad_accum=2),
+                          **amortised(tmp)).items():
         train(**cfg, out_dir=str(tmp / "one" / name))
     return tmp, reports(tmp, procs)
 
 def _state(run):
     ck = torch.load(Path(run) / "checkpoints" / "last.pt", weights_only=False)
-    return ck["model"], ck["ema"], ck["losses"], ck["sk_losses"]
+    return ck["model"], ck["ema"], ck["losses"], ck["sk_losses"], ck.get("m_star")
 
 def assert_same_run(a, b, tol=1e-4):
-    (ma, ea, la, sa), (mb, eb, lb, sb) = _state(a), _state(b)
+    (ma, ea, la, sa, ca), (mb, eb, lb, sb, cb) = _state(a), _state(b)
     assert ma.keys() == mb.keys() and ea.keys() == eb.keys()
     for part, x, y in (("model", ma, mb), ("ema", ea, eb)):
         for k in set(x):
@@ -78,8 +88,9 @@ def assert_same_run(a, b, tol=1e-4):
     assert torch.allclose(torch.tensor(sa), torch.tensor(sb), atol=tol, equal_nan=True)
     counts = [json.loads((Path(r) / "manifest.json").read_text())["metrics"].get("prototype_counts") for r in (a, b)]
     assert counts[0] == counts[1]                                                # m* of 64 images: the same
+    assert (ca is None) == (cb is None) and (ca is None or torch.equal(ca["ids"], cb["ids"]))   # the m* caches
 
-@pytest.mark.parametrize("guidance", ["none", "online"])
+@pytest.mark.parametrize("guidance", ["none", "online", "amortised", "amortised_tap"])
 def test_distributed_two_processes_train_what_one_trains(runs, guidance):
     tmp, _ = runs
     assert_same_run(tmp / "multi" / guidance, tmp / "one" / guidance)
