@@ -61,6 +61,20 @@ def main():
                         f"{100 * float(r['load_over_step']):.2g}% of a {r['step_of']} step"
                         if r["load_over_step"] else ""]
                        for r in dl])]
+    runs = {}                                   # label -> its newest run (a block of rows; a new block repeats one)
+    for r in read_csv("online_overhead.csv"):
+        block = runs.setdefault(r["label"], [])
+        if any((x["run"], x["phase"]) == (r["run"], r["phase"]) for x in block): block.clear()
+        block.append(r)
+    for label, rows in runs.items():
+        if label not in ("amortise", "tokens256", "make-bench"): continue
+        m = rows[0]
+        out += [f"\n### Online guidance against `none` (`benchmarks/online_overhead.py`, label `{label}`)\n",
+                f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} torch thread, load {m['load_before']} -> "
+                f"{m['load_after']}, torch {m['torch']}; options: {m['options'] or 'none'}.\n",
+                table(["run", "phase", "steps", "ms / step", "x none", "x none, per run"],
+                      [[r["run"], r["phase"], r["steps"], f"{float(r['median_s']) * 1000:.0f}", r["ratio_to_none"],
+                        r["per_run_ratio"]] for r in rows])]
     (common.OUT / "summary.md").write_text("\n".join(out))
     print(f"wrote {common.OUT / 'summary.md'}")
 
