@@ -98,7 +98,8 @@ class TrainConfig:
             raise ValueError(f"sk_sinkhorn must be 'batch' or 'masked', got {self.sk_sinkhorn!r}")
         if self.sk_features not in SK_FEATURES: raise ValueError(f"sk_features must be one of {SK_FEATURES}")
         if not 0 <= self.sk_sigma < 1: raise ValueError(f"sk_sigma must be in [0, 1), got {self.sk_sigma}")
-        if self.amortise < 1: raise ValueError(f"amortise must be 1 (every row, every step) or more, got {self.amortise}")
+        if self.amortise < 1:
+            raise ValueError(f"amortise must be 1 (every row, every step) or more, got {self.amortise}")
 
 # %% ../nbs/04b_config.ipynb #c008
 PAPER = dict(  # Table 4, shared by the three paper datasets

@@ -252,7 +252,8 @@ def train(**config) -> Path:
         if main and (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.steps: checkpoint(step + 1)
     bar.close()
     if not main: return out                                               # the run folder has one writer
-    if online and steps_run: monitor.append(dict(step=cfg.steps, **monitor_stats(model.bootstrap, ema, data, cfg, path)))
+    if online and steps_run:
+        monitor.append(dict(step=cfg.steps, **monitor_stats(model.bootstrap, ema, data, cfg, path)))
     if steps_run or not ckpt_path.exists(): checkpoint(cfg.steps)
     csv = "step,loss" + (",sk_loss,sk_weight\n" if online else "\n")
     csv += "".join(f"{i},{l:.6f}" + (f",{sk_losses[i]:.6f},{sk_weight(i, cfg.steps, cfg.sk_sigma, cfg.sk_warmup_weight):.4f}\n" if online else "\n")

@@ -53,9 +53,11 @@ def test_amortised_run_resumes_bit_for_bit(few, tmp_path, monkeypatch, name):
 
 def test_amortise_is_checked(few, tmp_path):
     base = cfgs(few)["small"]
-    with pytest.raises(ValueError, match="amortise must be 1"): train(**dict(base, amortise=0), out_dir=str(tmp_path / "a"))
+    with pytest.raises(ValueError, match="amortise must be 1"):
+        train(**dict(base, amortise=0), out_dir=str(tmp_path / "a"))
     with pytest.raises(ValueError, match="online guidance only|has none"):
         train(**dict(base, guidance="none"), out_dir=str(tmp_path / "b"))
-    with pytest.raises(ValueError, match="refreshed rows of 16"): train(**dict(base, amortise=9), out_dir=str(tmp_path / "c"))
+    with pytest.raises(ValueError, match="refreshed rows of 16"):
+        train(**dict(base, amortise=9), out_dir=str(tmp_path / "c"))
     run = train(**dict(base, amortise=1, steps=2), out_dir=str(tmp_path / "d"))             # Eq. 16 as is: no cache
     assert "m_star" not in torch.load(run / "checkpoints" / "last.pt", weights_only=False)
