@@ -45,7 +45,8 @@ test: venv data sync nbtest pytest
 # OFFICIAL=path/to/libs/uvit.py adds our U-ViT against the official one (outputs/bench/uvit_official.csv).
 BENCH := $(if $(QUICK),--quick)
 # online_overhead: 40 steps a phase, the first 12 (an epoch of digits: the m* cache's first visit) left out
-OVERHEAD := $(if $(QUICK),--steps-per-phase 6 --csv outputs/bench/quick/online_overhead.csv,--steps-per-phase 40 --skip 12)
+OVERHEAD := $(if $(QUICK),--steps-per-phase 6 --csv outputs/bench/quick/online_overhead.csv,\
+            --steps-per-phase 40 --skip 12)
 bench: venv data
 	$(BIN)/python benchmarks/train_speed.py $(BENCH) $(if $(NO_COMPILE),--no-compile)
 	$(BIN)/python benchmarks/sinkhorn_speed.py $(BENCH)

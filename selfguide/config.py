@@ -6,7 +6,7 @@
 from __future__ import annotations
 from dataclasses import dataclass, fields
 from .uvit import PRESETS
-from .guidance import READOUTS
+from .guidance import READOUTS, ONLINE_MODES
 from .online import SK_FEATURES
 from .data import load_dataset
 from .latents import encode_cached
@@ -100,6 +100,9 @@ class TrainConfig:
         if not 0 <= self.sk_sigma < 1: raise ValueError(f"sk_sigma must be in [0, 1), got {self.sk_sigma}")
         if self.amortise < 1:
             raise ValueError(f"amortise must be 1 (every row, every step) or more, got {self.amortise}")
+        if self.amortise > 1 and self.guidance not in ONLINE_MODES:
+            raise ValueError(f"amortise caches m* of online guidance; guidance {self.guidance!r} has none: "
+                             "leave it at 1")
 
 # %% ../nbs/04b_config.ipynb #c008
 PAPER = dict(  # Table 4, shared by the three paper datasets

@@ -224,8 +224,9 @@ def train(**config) -> Path:
         kept = None if not online or inputs[4] is None else _to((~inputs[4]).nonzero()[:, 0], device)  # m* rows
         x0, noise, t, c, drop, m_noise = (_to(v, device) for v in inputs)             # (b, C, H, W), ..., (b,)
         views, feats, taps = [tuple(_to(v, device) for v in view) for view in views], None, []
-        if online: c, feats, views = amortised_inputs(model.bootstrap, ema, cache, sampler.indices(step), step, rows,
-                                                      x0, views, kept, m_noise, path, src, mb)   # m*, SK rows
+        idx = None if cache is None else sampler.indices(step)                       # the global batch's image ids
+        if online: c, feats, views = amortised_inputs(model.bootstrap, ema, cache, idx, step, rows, x0, views, kept,
+                                                      m_noise, path, src, mb)   # m*, SK rows
         for grp in opt.param_groups: grp["lr"] = lr_at(step, cfg.lr, cfg.warmup_steps)
         w_sk, loss_sum = sk_weight(step, cfg.steps, cfg.sk_sigma, cfg.sk_warmup_weight), 0.0
         opt.zero_grad(set_to_none=True)

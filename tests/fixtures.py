@@ -1,4 +1,5 @@
-"""Tiny fixtures that tests build in a temporary folder: an LSUN-style LMDB, an image folder, ImageNet, an SD-VAE."""
+"""Tiny fixtures that tests build in a temporary folder: an LSUN-style LMDB, an image folder, ImageNet, an SD-VAE, a
+few digits as an .npz."""
 import hashlib, io
 from pathlib import Path
 import numpy as np
@@ -25,6 +26,13 @@ def make_lsun_lmdb(path, n: int = 6, corrupt: int = 1, seed: int = 0) -> Path:
             key = hashlib.sha1(f"{seed}-{i}".encode()).hexdigest().encode()
             txn.put(key, _encode(_image(*SIZES[i % len(SIZES)], rng), "WEBP") if i < n else rng.bytes(100 + i))
     return path
+
+def make_digits_npz(path, n: int = 32) -> Path:
+    "The first `n` of scikit-learn's digits (16x16, labelled) as an .npz: short epochs, every image seen again soon"
+    from selfguide.data import load_digits
+    d = load_digits()
+    np.savez(path, images=d.images[:n, 0].numpy(), labels=d.labels[:n].numpy())
+    return Path(path)
 
 def make_image_folder(path, n: int = 5, seed: int = 0) -> Path:
     "A folder of `n` PNG and JPEG images of odd sizes, every third one in a sub-folder"

@@ -1,16 +1,14 @@
 """Amortised m* (`amortise=R`, nbs/04d_amortise.ipynb): after an image's first visit the feature pass runs on one row
 in R, the cache goes into every checkpoint, and a stopped run resumes bit for bit. Two processes: test_distributed."""
-import numpy as np, pytest, torch
-from selfguide.data import load_digits
+import pytest, torch
+from fixtures import make_digits_npz
 from selfguide.online import Bootstrap
 from selfguide.train import train, StepBatchSampler
 
 @pytest.fixture(scope="module")
 def few(tmp_path_factory):
     "32 digits as an .npz: a batch of 16 visits every image every 2 steps"
-    d, p = load_digits(), tmp_path_factory.mktemp("few") / "few.npz"
-    np.savez(p, images=d.images[:32, 0].numpy(), labels=d.labels[:32].numpy())
-    return str(p)
+    return str(make_digits_npz(tmp_path_factory.mktemp("few") / "few.npz", 32))
 
 def cfgs(few):
     small = dict(dataset="npz", data_root=few, guidance="online", preset="tiny", patch_size=4, batch_size=16, lr=1e-3,

@@ -3,7 +3,8 @@ batch, end where one process holding all of it ends, for guidance none and onlin
 and only rank 0 writes the run folder. `pytest -k distributed` selects these tests."""
 import json, os, socket, subprocess, sys
 from pathlib import Path
-import numpy as np, pytest, torch
+import pytest, torch
+from fixtures import make_digits_npz
 from selfguide.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,9 +58,7 @@ def reports(tmp, procs):
 def amortised(tmp) -> dict:
     "Online runs with the m* cache on 32 digits (an .npz), so that every step of a batch of 32 revisits every image"
     npz = tmp / "few.npz"
-    if not npz.exists():
-        from selfguide.data import load_digits
-        d = load_digits(); np.savez(npz, images=d.images[:32, 0].numpy(), labels=d.labels[:32].numpy())
+    if not npz.exists(): make_digits_npz(npz, 32)
     few = dict(dataset="npz", data_root=str(npz), amortise=2)
     return dict(amortised=dict(ONLINE, **few), amortised_tap=dict(PAPER, **few))      # the 'ema' and 'tap' sources
 
