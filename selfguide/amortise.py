@@ -10,17 +10,18 @@ from .online import assign, assign_rows, online_inputs
 from .distributed import world_size
 
 # %% auto #0
-__all__ = ['MStarCache', 'local', 'amortised_inputs', 'amortise_cache']
+__all__ = ['MStarCache', 'local', 'gather_rows', 'FeatureBank', 'amortised_inputs', 'amortise_cache']
 
 # %% ../nbs/04d_amortise.ipynb #c005
 class MStarCache:
     "m* of every training image (-1: not yet computed), refreshed for one row in `every` of each global batch"
-    def __init__(self, n_images: int, every: int, patches: int = 0, k: int = 1, device="cpu"):
+    def __init__(self, n_images: int, every: int, patches: int = 0, k: int = 1, device="cpu", bank: int = 0):
         if every < 2: raise ValueError(f"amortise must be 2 or more for a cache, got {every}")
         dtype = torch.int16 if k < 2 ** 15 else torch.int32                  # 2 bytes an id at ImageNet's K = 5000
         self.every, self.device = every, torch.device(device)
         self.ids = torch.full((n_images, patches) if patches else (n_images,), -1, dtype=dtype, device=self.device)
         self.known = torch.zeros(n_images, dtype=torch.bool)                # on the host: no wait for the device
+        self.bank = FeatureBank(bank, device) if bank else None             # the 'ema' source's SK rows (below)
 
     def select(self, idx: torch.Tensor, step: int) -> torch.Tensor:
         "Positions (s,) in the global batch of image ids `idx` (B,) whose m* this step computes (marked as known)"
@@ -31,27 +32,69 @@ class MStarCache:
 
     def write(self, idx: torch.Tensor, sel: torch.Tensor, ids: torch.Tensor, rows: slice) -> None:
         "Store `ids` (s_r[, N]) of this process's rows of `sel`; all processes' ids are gathered into each cache"
-        buf = torch.full((rows.stop - rows.start, *self.ids.shape[1:]), -1, dtype=torch.long, device=self.device)
-        buf[local(sel, rows).to(self.device)] = ids.long()                  # (b[, N]), this process's rows
-        if world_size() > 1:                                                # rank order is batch order (rank_rows)
-            parts = [torch.empty_like(buf) for _ in range(world_size())]
-            dist.all_gather(parts, buf); buf = torch.cat(parts)             # (B[, N]); one process: rows is all of it
-        self.ids[idx[sel].to(self.device)] = buf[sel.to(self.device)].to(self.ids.dtype)
+        self.ids[idx[sel].to(self.device)] = gather_rows(ids.long().to(self.device), sel, rows, -1).to(self.ids.dtype)
 
     def read(self, idx: torch.Tensor) -> torch.Tensor:
         "Cached m* of images `idx` (b,): (b,) or (b, N) prototype ids"
         return self.ids[idx.to(self.device)].long()
 
-    def state_dict(self) -> dict: return dict(ids=self.ids.cpu(), every=self.every)
+    def state_dict(self) -> dict:
+        return dict(ids=self.ids.cpu(), every=self.every, **({"bank": self.bank.state_dict()} if self.bank else {}))
 
     def load_state_dict(self, sd: dict) -> None:
         if sd["every"] != self.every or sd["ids"].shape != self.ids.shape:
             raise ValueError(f"the checkpoint's m* cache (every {sd['every']}, {tuple(sd['ids'].shape)}) does not fit")
         self.ids.copy_(sd["ids"]); self.known = (sd["ids"] >= 0).reshape(len(sd["ids"]), -1).all(1)
+        if self.bank is not None: self.bank.load_state_dict(sd.get("bank", []))
 
 def local(sel: torch.Tensor, rows: slice) -> torch.Tensor:
     "Of global batch positions `sel`, those in this process's `rows`, as indices into its rows"
     return sel[(sel >= rows.start) & (sel < rows.stop)] - rows.start
+
+def gather_rows(x: torch.Tensor, sel: torch.Tensor, rows: slice, fill=0) -> torch.Tensor:
+    "All processes' rows (s, ...) of global positions `sel`, in batch order, from this process's `x` (s_r, ...)"
+    if world_size() == 1: return x                                          # one process: `rows` is the whole batch
+    buf = x.new_full((rows.stop - rows.start, *x.shape[1:]), fill)          # (b, ...)
+    buf[local(sel, rows).to(x.device)] = x
+    parts = [torch.empty_like(buf) for _ in range(world_size())]
+    dist.all_gather(parts, buf)                                             # rank order is batch order (rank_rows)
+    return torch.cat(parts)[sel.to(x.device)]                               # (s, ...)
+
+# %% ../nbs/04d_amortise.ipynb #c007b
+class FeatureBank:
+    "The SK rows of the latest steps' refreshed images, all processes', newest step first: at most `size` rows"
+    def __init__(self, size: int, device="cpu"):
+        self.size, self.device, self.entries = size, torch.device(device), []  # [(pos, t, keep, [f per view])]
+
+    def extend(self, sel: torch.Tensor, rows: slice, feats: list, views: list) -> tuple:
+        "(SK rows, SK views): the fresh `feats` [(s_r[ * N], F)] of positions `sel`, then this process's banked rows"
+        t, keep = views[0][1], views[0][2]                                  # (s_r,), (s_r,) or None: alike per view
+        out, widths, left = [[f.reshape(len(t), -1)] for f in feats], [f.shape[1] for f in feats], self.size - len(sel)
+        ts, keeps = [t], [keep]
+        for pos, bt, bk, bf in self.entries:                                # newest first, up to `size` rows in all
+            n = min(len(pos), max(left, 0)); left -= n
+            j = ((pos[:n] >= rows.start) & (pos[:n] < rows.stop)).nonzero()[:, 0].to(self.device)  # this process's
+            for o, f in zip(out, bf): o.append(f[j])
+            ts.append(bt[j]); keeps.append(None if bk is None else bk[j])
+        k8 = None if keep is None else gather_rows(keep.to(torch.uint8), sel, rows).bool()
+        self.entries.insert(0, (sel, gather_rows(t, sel, rows), k8, [gather_rows(o[0], sel, rows) for o in out]))
+        self._trim()
+        t_all, k_all = torch.cat(ts), None if keep is None else torch.cat(keeps)       # (R_b,), (R_b,) or None
+        return [torch.cat(o).reshape(-1, w) for o, w in zip(out, widths)], [(None, t_all, k_all) for _ in views]
+
+    def _trim(self):                                                        # the newest `size` rows stay
+        kept, total = [], 0
+        for pos, t, keep, f in self.entries:
+            n = min(len(pos), self.size - total); total += n
+            if n: kept.append((pos[:n], t[:n], None if keep is None else keep[:n], [x[:n] for x in f]))
+        self.entries = kept
+
+    def state_dict(self) -> list:
+        return [(pos, t.cpu(), None if k is None else k.cpu(), [x.cpu() for x in f]) for pos, t, k, f in self.entries]
+
+    def load_state_dict(self, entries: list) -> None:
+        dev = lambda x: None if x is None else x.to(self.device)
+        self.entries = [(pos, dev(t), dev(k), [dev(x) for x in f]) for pos, t, k, f in entries]
 
 # %% ../nbs/04d_amortise.ipynb #c009
 @torch.no_grad()
@@ -67,6 +110,7 @@ def amortised_inputs(boot, ema, cache: MStarCache | None, idx, step: int, rows: 
         views = [tuple(None if v is None else v[mine] for v in view) for view in views]
         feats = [boot.feature(ema, x, t) for x, t, _ in views]             # [(s_r[ * N], F)]
         ids = assign_rows(boot, feats[0], len(mine))
+        if cache.bank is not None: feats, views = cache.bank.extend(sel, rows, feats, views)  # a batch of SK rows
     else:
         ids = [assign(boot, ema, x0[i], path, noise=m_noise[i]) for i in mine.split(chunk or len(x0)) if len(i)]
         ids = torch.cat(ids) if ids else torch.zeros((0, *cache.ids.shape[1:]), dtype=torch.long, device=x0.device)
@@ -80,5 +124,8 @@ def amortise_cache(cfg, source, model, n_images: int, world: int = 1, device="cp
         raise ValueError(f"--amortise {cfg.amortise} leaves {b // cfg.amortise} refreshed rows of {b} per process for "
                          f"Sinkhorn: use --amortise {max(1, b // 2)} or less, or a larger --batch-size")
     if cfg.amortise == 1: return None
+    if source == "ema" and cfg.sk_mask and cfg.sk_sinkhorn == "masked":
+        raise ValueError("--amortise with the EMA's SK rows cuts them by batch position; --sk-sinkhorn masked has "
+                         "only the masked rows: use --sk-sinkhorn batch")
     patches = model.num_patches if cfg.guidance == "online_patch" else 0
-    return MStarCache(n_images, cfg.amortise, patches, cfg.clusters, device)
+    return MStarCache(n_images, cfg.amortise, patches, cfg.clusters, device, cfg.batch_size if source == "ema" else 0)

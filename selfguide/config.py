@@ -64,7 +64,7 @@ class TrainConfig:
                                    # an own pass ('online'); auto: tap with sk_mask, ema without (online.sk_source)
     sk_two_view: bool = False      # online: two noisings per image, each predicts the other's codes (SwAV)
     amortise: int = 1              # online: m* computed for 1 row in R a step, the rest from a per-image cache
-                                   # (1: Eq. 16 for every row; selfguide.amortise)
+                                   # ('ema' SK rows: those and a bank of recent ones; 1: Eq. 16 for every row)
     sk_form: str = "ce"            # online: SK loss 'ce' (released code) or 'frobenius' (Eq. 11)
     sk_temperature: float = 0.1
     sk_epsilon: float = 0.05       # Sinkhorn entropic regularisation

@@ -7,6 +7,7 @@ from __future__ import annotations
 import warnings
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 from .data import clean_batches
@@ -16,8 +17,8 @@ from .guidance import READOUTS, ONLINE_MODES, cluster_scores, assignment_stats
 
 # %% auto #0
 __all__ = ['MAX_HEAD_PARAMS', 'SK_MASK', 'SINKHORN_ROWS', 'SK_FEATURES', 'Bootstrap', 'build_bootstrap', 'check_sk_batch',
-           'sk_views', 'sk_codes', 'sk_objective', 'sk_weight', 'assign', 'assign_rows', 'assign_images', 'sk_source',
-           'check_online', 'online_inputs', 'prototype_stats', 'monitor_stats']
+           'sk_views', 'sk_codes', 'sk_objective', 'row_share', 'sk_weight', 'assign', 'assign_rows', 'assign_images',
+           'sk_source', 'check_online', 'online_inputs', 'prototype_stats', 'monitor_stats']
 
 # %% ../nbs/04a_online.ipynb #c006
 class Bootstrap(nn.Module):
@@ -111,9 +112,16 @@ def sk_objective(boot: Bootstrap, model, views, stopgrad: bool = True, epsilon: 
     def loss(z, codes, keep):                                              # sum over kept rows / all rows
         return sk_loss(z, protos, codes if keep is None else codes * keep[:, None], temperature, form)
     (z0, q0, k0), *rest = sk_codes(boot, model, views, stopgrad, epsilon, n_iters, feats)
-    if not rest: return loss(z0, q0, k0)
+    share = row_share(len(z0), z0.device)                                  # 1 unless processes hold unlike rows
+    if not rest: return loss(z0, q0, k0) * share
     (z1, q1, _), = rest
-    return (loss(z0, q1, k0) + loss(z1, q0, k0)) / 2
+    return (loss(z0, q1, k0) + loss(z1, q0, k0)) / 2 * share
+
+def row_share(n: int, device):
+    "n W / (all W processes' rows): makes DDP's mean of per-process means over n rows the mean over all rows"
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return 1.0
+    total = torch.full((), float(n), device=device); dist.all_reduce(total)  # a fill: no host-device copy
+    return n * dist.get_world_size() / total
 
 def sk_weight(step: int, steps: int, sigma: float = 0.5, warmup_weight: bool = True) -> float:
     "Weight of the SK loss at `step` of `steps`: min(step / (sigma N), 1), or 1 without the warm-up weight"

@@ -29,6 +29,17 @@ def test_the_pass_runs_on_one_row_in_r_after_the_first_visit(few, tmp_path, monk
     ids = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["m_star"]["ids"]
     assert ids.shape == (32,) and (ids >= 0).all() and (ids < 4).all()
 
+@pytest.mark.parametrize("name,rows", [("small", [16] * 8), ("patch", [16 * 16] * 8)])
+def test_sinkhorn_gets_a_whole_batch_from_the_bank(few, tmp_path, monkeypatch, name, rows):
+    "'ema' source: the refreshed rows (4 of 16 after the first epoch) and the bank's newest, 16 images in all"
+    import selfguide.online as online
+    seen, real = [], online.sinkhorn
+    monkeypatch.setattr(online, "sinkhorn", lambda scores, *a: seen.append(len(scores)) or real(scores, *a))
+    run = train(**cfgs(few)[name], out_dir=str(tmp_path / name))
+    assert seen == rows
+    bank = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["m_star"]["bank"]
+    assert sum(len(pos) for pos, *_ in bank) == 16                     # one batch banked, newest first
+
 @pytest.mark.parametrize("name", ["small", "paper", "patch"])
 def test_amortised_run_resumes_bit_for_bit(few, tmp_path, monkeypatch, name):
     cfg = cfgs(few)[name]
@@ -57,5 +68,7 @@ def test_amortise_is_checked(few, tmp_path):
         train(**dict(base, guidance="none"), out_dir=str(tmp_path / "b"))
     with pytest.raises(ValueError, match="refreshed rows of 16"):
         train(**dict(base, amortise=9), out_dir=str(tmp_path / "c"))
+    with pytest.raises(ValueError, match="use --sk-sinkhorn batch"):
+        train(**dict(base, sk_mask=True, sk_sinkhorn="masked", sk_features="ema"), out_dir=str(tmp_path / "e"))
     run = train(**dict(base, amortise=1, steps=2), out_dir=str(tmp_path / "d"))             # Eq. 16 as is: no cache
     assert "m_star" not in torch.load(run / "checkpoints" / "last.pt", weights_only=False)
