@@ -67,7 +67,8 @@ def main():
         if any((x["run"], x["phase"]) == (r["run"], r["phase"]) for x in block): block.clear()
         block.append(r)
     for label, rows in runs.items():
-        if label not in ("amortise", "tokens256", "make-bench"): continue
+        if label not in ("amortise", "tokens256", "bank", "bank-xeon", "paper-xeon", "tokens256-xeon",
+                         "make-bench"): continue
         m = rows[0]
         out += [f"\n### Online guidance against `none` (`benchmarks/online_overhead.py`, label `{label}`)\n",
                 f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} torch thread, load {m['load_before']} -> "
