@@ -7,6 +7,9 @@ import common
 from common import read_csv
 
 
+HISTORY = ("before", "after", "after+former", "final")  # online_overhead labels of the sk_features work, superseded
+
+
 def table(head: list[str], rows: list[list]) -> str:
     return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
                      ["| " + " | ".join(str(x) for x in r) + " |" for r in rows]) + "\n"
@@ -67,8 +70,7 @@ def main():
         if any((x["run"], x["phase"]) == (r["run"], r["phase"]) for x in block): block.clear()
         block.append(r)
     for label, rows in runs.items():
-        if label not in ("amortise", "tokens256", "bank", "bank-xeon", "paper-xeon", "tokens256-xeon",
-                         "make-bench"): continue
+        if label in HISTORY: continue
         m = rows[0]
         out += [f"\n### Online guidance against `none` (`benchmarks/online_overhead.py`, label `{label}`)\n",
                 f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} torch thread, load {m['load_before']} -> "

@@ -11,11 +11,13 @@ distance in a small classifier's features, not FID). Writes outputs/amortise/evi
 amortise, seed, fd_cls, NMI/ARI of the prototypes against the labels, prototypes used, final SK loss, the median
 step time (the two jobs share the machine: a rough figure; benchmarks/online_overhead.py measures speed) and the CPU.
 """
-import argparse, csv, json, os, platform, subprocess, sys, time
+import argparse, csv, json, os, subprocess, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import machine                                                  # the CPU a row ran on
 SETTINGS = {"small": [], "small_online": ["--sk-features", "online"],
             "paper": ["--feature-readout", "token", "--sk-mask", "--feature-t", "0.2"]}
 RUNS = [("small", 1, 0), ("small", 4, 0), ("small_online", 1, 0), ("small_online", 4, 0),  # (setting, amortise, seed)
@@ -42,12 +44,7 @@ def row(run: Path, setting: str, r: int, seed: int) -> dict:
     return dict(setting=setting, amortise=r, seed=seed, fd_cls=round(m["fd_cls"], 3), nmi=round(met.get("nmi", 0), 3),
                 ari=round(met.get("ari", 0), 3), prototypes_used=met["prototypes_used"],
                 final_sk_loss=round(met["final_sk_loss"], 4), step_s=round(man["timings"]["step_s_median"], 3),
-                cpu=cpu())
-
-def cpu() -> str:
-    "The CPU's model name: a seed trains a (slightly) different run on another CPU, so compare rows of one CPU"
-    try: return next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration): return platform.processor() or platform.machine()
+                cpu=machine()["cpu"])                               # a seed trains another run on another CPU
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -121,8 +121,9 @@ def amortise_cache(cfg, source, model, n_images: int, world: int = 1, device="cp
     "The m* cache of a run with `cfg` (a `TrainConfig`) on `n_images` (None for amortise 1); refuses too few SK rows"
     b = cfg.batch_size // world
     if source == "ema" and b // cfg.amortise < 2:
-        raise ValueError(f"--amortise {cfg.amortise} leaves {b // cfg.amortise} refreshed rows of {b} per process for "
-                         f"Sinkhorn: use --amortise {max(1, b // 2)} or less, or a larger --batch-size")
+        raise ValueError(f"--amortise {cfg.amortise} leaves {b // cfg.amortise} refreshed rows of {b} per process a "
+                         f"step, the SK loss needs 2 new ones: use --amortise {max(1, b // 2)} or less, or a larger "
+                         "--batch-size")
     if cfg.amortise == 1: return None
     if source == "ema" and cfg.sk_mask and cfg.sk_sinkhorn == "masked":
         raise ValueError("--amortise with the EMA's SK rows cuts them by batch position; --sk-sinkhorn masked has "
