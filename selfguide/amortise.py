@@ -6,7 +6,7 @@
 from __future__ import annotations
 import torch
 import torch.distributed as dist
-from .online import assign, assign_rows, online_inputs
+from .online import assign, assign_rows, online_inputs, m_star_bootstrap
 from .distributed import world_size
 
 # %% auto #0
@@ -101,7 +101,9 @@ class FeatureBank:
 def amortised_inputs(boot, ema, cache: MStarCache | None, idx, step: int, rows: slice, x0, views, kept=None,
                      m_noise=None, path="cv", source: str = "ema", chunk: int | None = None) -> tuple:
     "(c or None, SK rows or None, SK views) of a step: m* of the rows `cache.select` picks, the rest from `cache`"
+    if boot.protos.renorm: boot.protos.renormalise_()                      # released: before each training forward
     if cache is None: return (*online_inputs(boot, ema, x0, views, kept, m_noise, path, source, chunk), views)
+    mb = m_star_bootstrap(boot, ema)                                       # the head that assigns m*
     m_star = kept is not None                                              # after warm-up (kept rows: unused here)
     if not m_star and source != "ema": return None, None, views            # tap / online warm-up: no pass
     sel = cache.select(idx, step)                                          # global positions (s,)
@@ -109,13 +111,13 @@ def amortised_inputs(boot, ema, cache: MStarCache | None, idx, step: int, rows: 
     if source == "ema":                                                    # the SK loss reads the refreshed rows
         views = [tuple(None if v is None else v[mine] for v in view) for view in views]
         feats = [boot.feature(ema, x, t) for x, t, _ in views]             # [(s_r[ * N], F)]
-        ids = assign_rows(boot, feats[0], len(mine))
+        ids = assign_rows(mb, feats[0], len(mine))
         if cache.bank is not None: feats, views = cache.bank.extend(sel, rows, feats, views)  # a batch of SK rows
     else:
-        ids = [assign(boot, ema, x0[i], path, noise=m_noise[i]) for i in mine.split(chunk or len(x0)) if len(i)]
+        ids = [assign(mb, ema, x0[i], path, noise=m_noise[i]) for i in mine.split(chunk or len(x0)) if len(i)]
         ids = torch.cat(ids) if ids else torch.zeros((0, *cache.ids.shape[1:]), dtype=torch.long, device=x0.device)
     cache.write(idx, sel, ids, rows)
-    return (boot.condition(cache.read(idx[rows]).to(x0.device)) if m_star else None), feats, views
+    return (mb.condition(cache.read(idx[rows]).to(x0.device)) if m_star else None), feats, views
 
 def amortise_cache(cfg, source, model, n_images: int, world: int = 1, device="cpu") -> MStarCache | None:
     "The m* cache of a run with `cfg` (a `TrainConfig`) on `n_images` (None for amortise 1); refuses too few SK rows"

@@ -8,12 +8,14 @@ from dataclasses import dataclass, fields
 from .uvit import PRESETS
 from .guidance import READOUTS, ONLINE_MODES
 from .online import SK_FEATURES
+from .protocol import PROTOCOL_NAMES
 from .data import load_dataset
 from .latents import encode_cached
 
 # %% auto #0
-__all__ = ['PAPER', 'PAPER_SAMPLING', 'RECIPES', 'DATASET_RECIPES', 'CPU_RECIPES', 'SAMPLING', 'TrainConfig', 'cpu_recipe',
-           'cpu_patch', 'recipe_name', 'apply_recipe', 'training_data', 'resolve_config']
+__all__ = ['PAPER', 'PAPER_SAMPLING', 'RECIPES', 'DATASET_RECIPES', 'CPU_RECIPES', 'SAMPLING', 'PROTOCOLS', 'TrainConfig',
+           'cpu_recipe', 'cpu_patch', 'protocol_values', 'recipe_name', 'apply_recipe', 'training_data',
+           'resolve_config']
 
 # %% ../nbs/04b_config.ipynb #c005
 @dataclass
@@ -77,6 +79,8 @@ class TrainConfig:
     encoder: str = "vit_small_patch16_224.dino"  # timm encoder for guidance="external"
     encoder_weights: str | None = None  # local weights file of the encoder
     cache_dir: str | None = None   # feature cache (default $SELFGUIDE_CACHE or ~/.cache/selfguide)
+    protocol: str = "package"      # package (the paper's text) or released (the authors' code; PROTOCOLS, 04e)
+    time_scale: float | None = None  # time embedding of time_scale * t (None: 1000, or 1 under the released protocol)
 
     def __post_init__(self):
         for f in fields(self):  # papermill and the CLI pass strings and floats; coerce to the declared type
@@ -103,6 +107,8 @@ class TrainConfig:
             raise ValueError(f"sk_sinkhorn must be 'batch' or 'masked', got {self.sk_sinkhorn!r}")
         if self.sk_features not in SK_FEATURES: raise ValueError(f"sk_features must be one of {SK_FEATURES}")
         if not 0 <= self.sk_sigma < 1: raise ValueError(f"sk_sigma must be in [0, 1), got {self.sk_sigma}")
+        if self.protocol not in PROTOCOL_NAMES:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOL_NAMES)}, got {self.protocol!r}")
         if self.amortise < 1:
             raise ValueError(f"amortise must be 1 (every row, every step) or more, got {self.amortise}")
         if self.amortise > 1 and self.guidance not in ONLINE_MODES:
@@ -145,6 +151,22 @@ def cpu_patch(size: int) -> int:
     "Patch size for images of side `size` on a CPU: the largest divisor of `size` up to size / 4 (about 16 tokens)"
     return max(d for d in range(1, max(1, size // 4) + 1) if size % d == 0)
 
+# %% ../nbs/04b_config.ipynb #c012c
+PROTOCOLS = {
+    "package": {},
+    "released": dict(  # dongzhuoyao/sgfm at 103d158, in our time (t = 0 data); see selfguide.protocol
+        feature_readout="token", feature_layer=None, sk_mask=True, sk_sinkhorn="batch", sk_features="tap",
+        sk_two_view=False, sk_stopgrad=True, sk_warmup_weight=True, sk_sigma=0.5, sk_form="ce", sk_temperature=0.1,
+        sk_epsilon=0.05, sk_iters=3, online_condition="vector", feature_t=0.15, p_drop=0.15, ema_warmup=False,
+        time_scale=1.0),
+}
+
+def protocol_values(name: str, preset: str) -> dict:
+    "The settings protocol `name` fixes for a model of preset `preset` (its head widths follow the width D)"
+    if name not in PROTOCOLS: raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {name!r}")
+    D = PRESETS[preset]["embed_dim"]
+    return dict(PROTOCOLS[name], **(dict(sk_hidden=D // 2, sk_dim=D) if name == "released" else {}))
+
 # %% ../nbs/04b_config.ipynb #c014
 def recipe_name(dataset: str, size: int | None = None, source: str | None = None, recipe: str = "auto") -> str | None:
     "Recipe for `dataset` (images of side `size`; `source`: the dataset a latents folder was encoded from)"
@@ -180,8 +202,11 @@ def resolve_config(config: dict, device="cpu") -> tuple[TrainConfig, object, dic
     name = recipe_name(base.dataset, data.shape[-1], getattr(data, "name", None), base.recipe)
     guidance = (config.get("guidance") or RECIPES.get(name, {}).get("guidance")
                 or ("class" if data.num_classes else "none"))
-    values = apply_recipe(name, {**config, "guidance": guidance}, guidance, {f.name for f in fields(TrainConfig)})
+    preset = config.get("preset") or RECIPES.get(name, {}).get("preset") or base.preset
+    proto = protocol_values(base.protocol, preset)                         # between the recipe and explicit options
+    values = apply_recipe(name, {**proto, **config, "guidance": guidance}, guidance, {f.name for f in fields(TrainConfig)})
     if name in CPU_RECIPES and "patch_size" not in config: values["patch_size"] = cpu_patch(data.shape[-1])
     values.update(recipe=name or "none", image_size=size, vae=config.get("vae") or getattr(data, "vae", None))
     given = sorted(k for k in config if name and k in RECIPES[name] and config[k] != RECIPES[name][k])
-    return TrainConfig(**values), data, dict(name=name or "none", values=RECIPES.get(name, {}), overridden=given)
+    return TrainConfig(**values), data, dict(name=name or "none", values=RECIPES.get(name, {}), overridden=given,
+                                             protocol=dict(name=base.protocol, values=proto))

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04a_online.ipynb #c002
 from __future__ import annotations
-import warnings
+import copy, warnings
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -18,7 +18,8 @@ from .guidance import READOUTS, ONLINE_MODES, cluster_scores, assignment_stats
 # %% auto #0
 __all__ = ['MAX_HEAD_PARAMS', 'SK_MASK', 'SINKHORN_ROWS', 'SK_FEATURES', 'Bootstrap', 'build_bootstrap', 'check_sk_batch',
            'sk_views', 'sk_codes', 'sk_objective', 'row_share', 'sk_weight', 'assign', 'assign_rows', 'assign_images',
-           'sk_source', 'check_online', 'online_inputs', 'prototype_stats', 'monitor_stats']
+           'sk_source', 'check_online', 'online_inputs', 'm_star_bootstrap', 'prototype_stats', 'monitor_stats',
+           'loss_csv', 'codes_nmi']
 
 # %% ../nbs/04a_online.ipynb #c006
 class Bootstrap(nn.Module):
@@ -76,13 +77,13 @@ def check_sk_batch(batch_size: int, world: int = 1) -> None:
                          f"raise --batch-size to {2 * world} or more")
 
 def sk_views(x0, t, noise, path, t_s: float = 0.2, mask: bool = True, two_view: bool = False, generator=None,
-             sinkhorn_rows: str = "batch"):
+             sinkhorn_rows: str = "batch", band: tuple = SK_MASK):
     "[(x_t, t, keep), ...] for the SK loss: one or two noisings of the same images; `keep` (B,) marks the loss rows"
     if sinkhorn_rows not in SINKHORN_ROWS:
         raise ValueError(f"sinkhorn_rows must be one of {SINKHORN_ROWS}, got {sinkhorn_rows!r}")
     path, keep = get_path(path) if isinstance(path, str) else path, None
     if mask:
-        keep = (t >= SK_MASK[0]) & (t <= SK_MASK[1])                       # (B,)
+        keep = (t >= band[0]) & (t <= band[1])                             # (B,): t in the window `band`
         first = noise                                                      # the training x_t: same x0, noise and t
         if sinkhorn_rows == "masked": x0, t, first, keep = x0[keep], t[keep], noise[keep], None
     else:
@@ -190,12 +191,17 @@ def online_inputs(boot: Bootstrap, ema, x0, views, kept=None, m_noise=None, path
     "(c, SK rows or None) of a step: c = m* (Eq. 16) of the `kept` rows (None: warm-up); 'ema': the EMA's SK rows"
     feats = [boot.feature(ema, x, t) for x, t, _ in views] if source == "ema" else None  # [(R, F)], no gradient
     if kept is None: return None, feats                                    # warm-up: the zero condition
-    if m_noise is None: ids = assign_rows(boot, feats[0], len(x0))         # that view is x_{t_s} of every image
+    mb = m_star_bootstrap(boot, ema)                                       # the trained head, or the EMA's (released)
+    if m_noise is None: ids = assign_rows(mb, feats[0], len(x0))           # that view is x_{t_s} of every image
     else:                                                                  # a pass of its own, kept rows only
         ids = torch.zeros((len(x0), ema.num_patches) if boot.patch else len(x0), dtype=torch.long, device=x0.device)
         for i in kept.split(chunk or len(x0)):                             # dropped rows keep 0: never read
-            if len(i): ids[i] = assign(boot, ema, x0[i], path, noise=m_noise[i])
-    return boot.condition(ids), feats                                      # (B[, N], dim) or (B[, N])
+            if len(i): ids[i] = assign(mb, ema, x0[i], path, noise=m_noise[i])
+    return mb.condition(ids), feats                                        # (B[, N], dim) or (B[, N])
+
+def m_star_bootstrap(boot: Bootstrap, ema) -> Bootstrap:
+    "The head and prototypes that assign m*: the EMA's where it keeps its own (released protocol), else `boot`'s"
+    return getattr(ema, "bootstrap", None) or boot
 
 # %% ../nbs/04a_online.ipynb #c020
 def prototype_stats(idx: torch.Tensor, k: int, labels=None) -> dict:
@@ -210,7 +216,36 @@ def prototype_stats(idx: torch.Tensor, k: int, labels=None) -> dict:
                       "the assignments have collapsed")
     return out
 
-def monitor_stats(boot: Bootstrap, ema, data, cfg, path="cv") -> dict:
-    "`prototype_stats` of the EMA's m* over the first `cfg.monitor_images` images of `data` (`cfg`: a `TrainConfig`)"
-    idx = assign_images(boot, ema, data, path, seed=cfg.seed, n_max=cfg.monitor_images, progress=False)
-    return prototype_stats(idx, boot.k, data.labels[:len(idx)].numpy() if (data.labels >= 0).all() else None)
+def monitor_stats(boot: Bootstrap, ema, data, cfg, path="cv", model=None, warm: bool = False) -> dict:
+    "`prototype_stats` of the EMA's m* over the first `cfg.monitor_images` images of `data`; `model`: + `nmi_codes`"
+    mb = m_star_bootstrap(boot, ema)
+    idx = assign_images(mb, ema, data, path, seed=cfg.seed, n_max=cfg.monitor_images, progress=False)
+    labels = data.labels[:len(idx)].numpy() if (data.labels >= 0).all() else None
+    out = prototype_stats(idx, boot.k, labels)
+    if model is not None and labels is not None and not boot.patch:        # the released code's monitor, beside ours
+        out["nmi_codes"] = codes_nmi(model, None if warm else mb.condition(idx), data, cfg, path)
+    return out
+
+def loss_csv(losses: list, sk_losses: list, monitor: list, cfg) -> str:
+    "loss.csv of an online run: per step the losses and SK weight; at monitor steps m*'s NMI and the codes' NMI"
+    seen = {m["step"] - 1: m for m in monitor}                             # a read-out after step s covers step s - 1
+    def nmis(i): m = seen.get(i, {}); return ",".join(f"{m[k]:.4f}" if k in m else "" for k in ("nmi", "nmi_codes"))
+    return "step,loss,sk_loss,sk_weight,nmi_m_star,nmi_codes_released\n" + "".join(
+        f"{i},{l:.6f},{sk_losses[i]:.6f},{sk_weight(i, cfg.steps, cfg.sk_sigma, cfg.sk_warmup_weight):.4f},{nmis(i)}\n"
+        for i, l in enumerate(losses))
+
+@torch.no_grad()
+def codes_nmi(model, cond, data, cfg, path="cv") -> float:
+    "NMI of argmax Sinkhorn codes of training-like rows (t uniform, head in train mode; `cond`: m* (n, ...) or None)"
+    boot, path = model.bootstrap, get_path(path) if isinstance(path, str) else path
+    head, g, dev = copy.deepcopy(boot.head).train(), torch.Generator().manual_seed(cfg.seed + 1), boot.protos().device
+    ids, labels, seen = [], data.labels.numpy(), 0
+    for x in clean_batches(data, min(len(data), cfg.monitor_images), cfg.batch_size):  # (b, C, H, W), training order
+        seen, x = seen + len(x), x.to(dev)
+        if len(x) < 2: continue                                            # Sinkhorn and BatchNorm need 2 rows
+        t, noise = path.sample_t(len(x), generator=g).to(dev), torch.randn(x.shape, generator=g).to(dev)
+        c = None if cond is None else cond[seen - len(x):seen].to(dev)     # m* as in training, without the drop
+        _, f = model(path.x_t(x, noise, t), t, c, tap=boot.layer)          # the training forward's tapped rows
+        codes = sinkhorn(head(boot.rows(f)) @ boot.protos().T, cfg.sk_iters, cfg.sk_epsilon)  # (b, K)
+        ids.append((codes.argmax(1).cpu().numpy(), labels[seen - len(x):seen]))
+    return cluster_scores(np.concatenate([i for i, _ in ids]), np.concatenate([y for _, y in ids]))["nmi"]

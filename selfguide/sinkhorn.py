@@ -37,17 +37,22 @@ def sinkhorn(scores: torch.Tensor, n_iters: int = 3, epsilon: float = 0.05) -> t
 
 # %% ../nbs/03_sinkhorn.ipynb #c010
 class Prototypes(nn.Module):
-    "K learnable prototypes (K, d), L2-normalised whenever they are used"
-    def __init__(self, k: int, dim: int):
+    "K learnable prototypes (K, d), L2-normalised whenever they are used (`renorm`: in place each step, as released)"
+    def __init__(self, k: int, dim: int, renorm: bool = False):
         super().__init__()
-        self.weight = nn.Parameter(F.normalize(torch.randn(k, dim), dim=1))
-    def forward(self) -> torch.Tensor: return F.normalize(self.weight, dim=1)  # (K, d)
+        self.weight, self.renorm = nn.Parameter(F.normalize(torch.randn(k, dim), dim=1)), renorm
+    def forward(self) -> torch.Tensor:                                  # (K, d)
+        return self.weight if self.renorm else F.normalize(self.weight, dim=1)
+    @torch.no_grad()
+    def renormalise_(self) -> None:
+        "Project the stored weights back onto the unit sphere (the released code, before each training forward)"
+        self.weight.copy_(F.normalize(self.weight, dim=1))
 
 class ProjectionHead(nn.Module):
     "h_phi: Linear, BatchNorm, ReLU, Linear; L2-normalised output z"
-    def __init__(self, in_dim: int, hidden: int = 512, out_dim: int = 128):
+    def __init__(self, in_dim: int, hidden: int = 512, out_dim: int = 128, bias: bool = False):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(),  # BN: bias
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden, bias=bias), nn.BatchNorm1d(hidden), nn.ReLU(),  # BN: bias
                                  nn.Linear(hidden, out_dim))
     def forward(self, x): return F.normalize(self.net(x), dim=1)        # (B, in_dim) -> (B, out_dim)
 

@@ -22,8 +22,9 @@ from .runs import (ema_update, ema_decay_at, lr_at, resolve_device, autocast, gi
                             update_manifest, save_checkpoint, keep_checkpoint)
 from .guidance import (check_guidance, condition_slot, batch_condition, cached_features, file_key, kmeans,
                                 cluster_scores, load_encoder, encoder_features, ONLINE_MODES)
-from .online import build_bootstrap, sk_views, sk_objective, sk_weight, monitor_stats, check_online, sk_source
+from .online import build_bootstrap, sk_views, sk_objective, sk_weight, monitor_stats, check_online, loss_csv
 from .amortise import amortised_inputs, amortise_cache
+from .protocol import protocol_model, ema_bootstrap, sk_band, m_star_noise
 from .distributed import (init_distributed, world_size, rank, is_main, rank_rows, micro_batch, pad_rows,
                                    all_mean, local_main_first, global_batchnorm)
 
@@ -63,10 +64,9 @@ def step_inputs(x0, y, g, cfg, path, rows: slice, m_star: bool = False, latent_s
     if not online: c, drop = batch_condition(cfg.guidance, pad_rows(y, B, rows), cfg.p_drop, generator=g)
     elif m_star:                                           # m*'s own noise, unless the SK view at t_s is its input
         drop = torch.rand(B, generator=g) < cfg.p_drop
-        if cfg.sk_mask or sk_source(cfg.sk_features, False, cfg.sk_stopgrad) != "ema":
-            m_noise = torch.randn(noise.shape, generator=g)
+        m_noise = m_star_noise(cfg, noise, g)                                    # fresh, the training noise, or None
     views = sk_views(pad_rows(x0, B, rows), t, noise, path, cfg.feature_t, cfg.sk_mask, cfg.sk_two_view, g,
-                     cfg.sk_sinkhorn) if online else []                          # [(x_t (B, ...), t, keep), ...]
+                     cfg.sk_sinkhorn, sk_band(cfg)) if online else []            # [(x_t (B, ...), t, keep), ...]
     mine = lambda v: None if v is None else v[rows]
     return (x0, *map(mine, (noise, t, c, drop, m_noise)), [tuple(map(mine, view)) for view in views])
 
@@ -81,7 +81,7 @@ def build_model(cfg: TrainConfig, shape, num_classes: int) -> torch.nn.Module:
                        **condition_slot(cfg.guidance, cfg.clusters if online else num_classes, cfg.online_condition, cfg.sk_dim))
     if online: model.bootstrap = build_bootstrap(model, cfg.guidance, cfg.clusters, cfg.feature_layer, cfg.feature_t,
                                                  cfg.feature_readout, cfg.online_condition, cfg.sk_hidden, cfg.sk_dim)
-    return model
+    return protocol_model(model, cfg)                                      # the released protocol's layout, if asked
 
 # %% ../nbs/05_train.ipynb #c016
 def load_init(init, device="cpu"):
@@ -167,7 +167,7 @@ def train(**config) -> Path:
         fresh = init_weights_from(model, init[0])
         if main: print(f"initialised from {cfg.init}; fresh: {', '.join(fresh) or 'nothing'}")
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    if online: del ema.bootstrap  # m* uses the EMA backbone with the trained head and prototypes (Eq. 16)
+    if online: ema_bootstrap(ema, cfg)  # m*: the EMA backbone with the trained head (Eq. 16), or the EMA's (released)
     cache = amortise_cache(cfg, src, model, len(data), W, device)  # amortised m*: ids per image (None: Eq. 16 as is)
     if W > 1: global_batchnorm(model)                                     # the head's BatchNorm over the global batch
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
@@ -248,18 +248,17 @@ def train(**config) -> Path:
         pending.append(torch.stack([loss, sk, loss if l_sk is None else loss + w_sk * sk])); steps_run += 1
         watch = step + 1 == warm_end or (cfg.monitor_every and (step + 1) % cfg.monitor_every == 0)
         if main and online and watch and step + 1 < cfg.steps:
-            monitor.append(dict(step=step + 1, **monitor_stats(model.bootstrap, ema, data, cfg, path))); model.train()
+            monitor.append(dict(step=step + 1, **monitor_stats(model.bootstrap, ema, data, cfg, path, model,
+                                                               step + 1 <= warm_end))); model.train()
         if (step + 1) % LOG_EVERY == 0 or (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps: read_losses(step)
         if main and (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.steps: checkpoint(step + 1)
     bar.close()
     if not main: return out                                               # the run folder has one writer
     if online and steps_run:
-        monitor.append(dict(step=cfg.steps, **monitor_stats(model.bootstrap, ema, data, cfg, path)))
+        monitor.append(dict(step=cfg.steps, **monitor_stats(model.bootstrap, ema, data, cfg, path, model)))
     if steps_run or not ckpt_path.exists(): checkpoint(cfg.steps)
-    csv = "step,loss" + (",sk_loss,sk_weight\n" if online else "\n")
-    csv += "".join(f"{i},{l:.6f}" + (f",{sk_losses[i]:.6f},{sk_weight(i, cfg.steps, cfg.sk_sigma, cfg.sk_warmup_weight):.4f}\n" if online else "\n")
-                   for i, l in enumerate(losses))
-    (out / "loss.csv").write_text(csv)
+    (out / "loss.csv").write_text(loss_csv(losses, sk_losses, monitor, cfg) if online else
+                                  "step,loss\n" + "".join(f"{i},{l:.6f}\n" for i, l in enumerate(losses)))
     timings = dict(step_s_median=statistics.median(step_s), train_s=time.perf_counter() - t_start,
                    steps_run=steps_run) if steps_run else {}
     metrics = dict(final_loss=float(np.mean(losses[-100:])), **{k: clusters[k] for k in ("nmi", "ari") if k in clusters})
@@ -287,7 +286,8 @@ def load_run(run_dir, ema: bool = True, device: str = "auto"):
                                 "(--run)?")
     ck = torch.load(ck_path, map_location="cpu", weights_only=False)
     cfg = TrainConfig(**ck["config"])
-    sd = {**ck["ema" if ema else "model"], **{k: v for k, v in ck["model"].items() if k.startswith("bootstrap.")}}  # head, prototypes: never averaged
+    own = {k: v for k, v in ck["model"].items() if k.startswith("bootstrap.")}  # head, prototypes: not averaged
+    sd = {**ck["ema" if ema else "model"], **({} if ema and any(k.startswith("bootstrap.") for k in ck["ema"]) else own)}
     num_classes = sd["label_emb.weight"].shape[0] if "label_emb.weight" in sd else 0
     C = sd["patch_embed.weight"].shape[1]
     n_tok = sd["pos_embed"].shape[1]

@@ -84,6 +84,7 @@ class UViT(nn.Module):
         self.label_emb = nn.Embedding(num_classes, embed_dim) if num_classes else None
         self.cond_proj = nn.Linear(cond_dim, embed_dim) if cond_dim else None
         self.null_emb = nn.Parameter(torch.zeros(1, embed_dim))  # learnable null condition (CFG)
+        self.register_parameter("uncond_emb", None)  # a learned token for c=None (released protocol); None: zeros
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if use_cls_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, self.extras + self.num_patches, embed_dim))
         blk = lambda skip=False: Block(embed_dim, num_heads, mlp_ratio, qkv_bias, skip, attn_backend)
@@ -122,7 +123,8 @@ class UViT(nn.Module):
 
     def cond_token(self, c, B: int, drop=None, dtype=torch.float32):
         "Condition token (B, D) for `c` (None, integer ids or float vectors); `drop` (B,) bool selects the null"
-        if c is None or self.per_patch(c): tok = torch.zeros(B, self.embed_dim, device=self.pos_embed.device, dtype=dtype)
+        if c is None and self.uncond_emb is not None: tok = self.uncond_emb.to(dtype).expand(B, -1)
+        elif c is None or self.per_patch(c): tok = torch.zeros(B, self.embed_dim, device=self.pos_embed.device, dtype=dtype)
         else: tok = self.embed_condition(c)
         if drop is not None: tok = torch.where(drop[:, None], self.null_emb.to(tok.dtype), tok)
         return tok                                                         # (B, D)

@@ -18,8 +18,11 @@ def test_manifest_and_loss_log_hold_the_sk_monitoring(run):
     for k in ("final_sk_loss", "prototypes_used", "prototype_counts", "nmi", "ari"): assert k in m["metrics"], k
     assert sum(m["metrics"]["prototype_counts"]) == 64                  # monitor_images of the training set
     header, *rows = (run / "loss.csv").read_text().splitlines()
-    assert header == "step,loss,sk_loss,sk_weight" and len(rows) == 6
+    assert header == "step,loss,sk_loss,sk_weight,nmi_m_star,nmi_codes_released" and len(rows) == 6
     assert [float(r.split(",")[3]) for r in rows] == [round(sk_weight(i, 6), 4) for i in range(6)]  # 0, 1/3, 2/3, 1, 1, 1
+    nmis = [r.split(",")[4:] for r in rows]                              # at the monitor steps 3 and 6 only
+    assert [i for i, v in enumerate(nmis) if v != ["", ""]] == [2, 5]
+    assert [float(nmis[5][0]), float(nmis[5][1])] == [round(m["online"]["monitor"][-1][k], 4) for k in ("nmi", "nmi_codes")]
 
 def test_checkpoint_keeps_head_and_prototypes(run):
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=False)

@@ -1,0 +1,173 @@
+"""The paper's online method from a pretrained start, as its authors run it, against its controls at one budget.
+
+Issue 21, item 3. Per dataset and seed, every row trains the same number of steps from scratch (batch 128):
+
+| row | what | steps |
+|---|---|---|
+| `init_none` | unconditional pretraining (the label-free start) | S |
+| `init_class` | class-conditional pretraining (the authors' kind of start: a backbone trained with labels) | S |
+| `ft_online_none` | (a) online guidance, released protocol, fine-tuned from `init_none` | S + S |
+| `ft_online_class` | (b) the same from `init_class` († backbone trained with labels) | S + S |
+| `cont_none` | (c) the control: unconditional training continued from `init_none` | S + S |
+| `scratch_online` | (d) online guidance, released protocol, from scratch | 2 S |
+
+S is the CPU recipe's unconditional budget (digits 1,500, Fashion-MNIST 3,000). Every run feeds the network raw t
+(`--time-scale 1`, the released embedding), so an init and its fine-tuning embed time alike. The online rows log m*'s
+NMI and the released code's codes NMI every 100 steps (on 500 images; the final NMI is over the whole training set).
+
+Run: `.venv/bin/python experiments/pretrained_start.py [--datasets digits] [--seeds 0,1,2] [--jobs 2]`.
+Two runs at a time, one thread each, a run as soon as its init is there. Each finished run is scored at once (1,000
+dopri5 samples, rtol 1e-3, g 0.4: fd_cls, the offline classifier-feature metric, not FID; precision, recall) and its
+row written to outputs/pretrained_start/runs.csv, its NMI curve to nmi.csv, keyed by the run's options, the code's
+revision of the files that train it, and the CPU. A row already there for the same key is not trained again, so a
+pass stopped at any moment continues, on this machine or another, from the committed CSVs. Checkpoints stay under
+--runs-dir (never committed); a fine-tuning whose init is gone retrains the init first.
+"""
+import argparse, csv, hashlib, json, os, subprocess, sys, threading, time
+from concurrent.futures import ThreadPoolExecutor, wait, FIRST_COMPLETED
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import machine                                                    # the CPU a row ran on
+
+STEPS = {"digits": 1500, "fashion_mnist": 3000}
+ONLINE = ["--guidance", "online", "--protocol", "released", "--monitor-every", "100", "--monitor-images", "500"]
+ROWS = {  # name: (init row or None, options, steps in units of S)
+    "init_none": (None, ["--guidance", "none"], 1),
+    "init_class": (None, ["--guidance", "class"], 1),
+    "ft_online_none": ("init_none", ONLINE, 1),
+    "ft_online_class": ("init_class", ONLINE, 1),
+    "cont_none": ("init_none", ["--guidance", "none"], 1),
+    "scratch_online": (None, ONLINE, 2),
+}
+BUDGET = {"init_none": 1, "init_class": 1, "ft_online_none": 2, "ft_online_class": 2, "cont_none": 2,
+          "scratch_online": 2}  # steps counted from scratch, in units of S
+TRAINS = ["data", "files", "latents", "paths", "uvit", "sinkhorn", "guidance", "online", "amortise", "protocol",
+          "config", "runs", "distributed", "train"]  # the modules that train a run: their content keys its row
+FIELDS = ["dataset", "row", "seed", "budget_steps", "steps", "fd_cls", "floor_fd_cls", "precision", "recall",
+          "nmi_m_star", "ari_m_star", "prototypes_used", "nmi_codes_released", "train_min", "step_s", "key",
+          "code_rev", "cpu"]
+LOCK = threading.Lock()
+
+def code_rev() -> str:
+    "A hash of the modules that train a run: a change to any of them makes its rows stale (scoring code does not)"
+    h = hashlib.sha1()
+    for m in TRAINS: h.update((ROOT / "selfguide" / f"{m}.py").read_bytes())
+    return h.hexdigest()[:10]
+
+def options(dataset: str, row: str, seed: int, s: int) -> list:
+    "The `selfguide train` options of a row (without --init and --out-dir)"
+    _, opts, units = ROWS[row]
+    return ["--dataset", dataset, "--seed", str(seed), "--steps", str(units * s), "--time-scale", "1", *opts]
+
+def key(dataset: str, row: str, seed: int, s: int) -> str:
+    "A row's key: its options and its init's (a fine-tuning depends on both)"
+    init = ROWS[row][0]
+    text = " ".join(options(dataset, row, seed, s)) + (f" | init {key(dataset, init, seed, s)}" if init else "")
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+def read(path: Path) -> list:
+    if not path.exists(): return []
+    with open(path) as f: return list(csv.DictReader(f))
+
+def merge(path: Path, rows: list, fields: list, same) -> None:
+    "Write `rows` into the CSV at `path`, replacing the rows `same(old, new)` says they supersede"
+    with LOCK:
+        old = [r for r in read(path) if not any(same(r, n) for n in rows)]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields); w.writeheader(); w.writerows(old + rows)
+
+def train(run: Path, dataset: str, row: str, seed: int, s: int, runs_dir: Path) -> None:
+    "Train one run (resuming its checkpoint if there is one) with one thread"
+    init = ROWS[row][0]
+    cmd = [sys.executable, "-m", "selfguide", "train", *options(dataset, row, seed, s), "--out-dir", str(run),
+           *(["--init", str(runs_dir / dataset / f"{init}_s{seed}")] if init else [])]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    log = run.with_suffix(".log"); run.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with open(log, "w") as f: subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    print(f"trained {dataset}/{run.name} in {(time.time() - t0) / 60:.1f} min", flush=True)
+
+def score(run: Path, dataset: str, row: str, seed: int, s: int, rev: str) -> tuple[dict, list]:
+    "(the run's row, its NMI curve rows): samples scored with the offline metric, m* over the whole training set"
+    import torch
+    from selfguide.results import evaluate_cached
+    torch.set_num_threads(1)
+    m = evaluate_cached(run, n=1000, solver="dopri5", rtol=1e-3, atol=1e-3, g=0.4, seed=0)
+    man = json.loads((run / "manifest.json").read_text())
+    out = dict(dataset=dataset, row=row, seed=seed, budget_steps=BUDGET[row] * s, steps=man["params"]["steps"],
+               fd_cls=round(m["fd_cls"], 3), floor_fd_cls=round(m["floor_fd_cls"], 3),
+               precision=round(m["precision"], 3), recall=round(m["recall"], 3), nmi_m_star="", ari_m_star="",
+               prototypes_used="", nmi_codes_released="", train_min=round(man["timings"]["train_s"] / 60, 2),
+               step_s=round(man["timings"]["step_s_median"], 3), key=key(dataset, row, seed, s), code_rev=rev,
+               cpu=machine()["cpu"])
+    curve = []
+    if "online" in man:
+        from selfguide.train import load_run
+        from selfguide.config import training_data
+        from selfguide.online import assign_images, prototype_stats, m_star_bootstrap
+        model, cfg = load_run(run, device="cpu")
+        data = training_data(cfg.dataset, cfg.data_root, cfg.image_size)
+        boot = m_star_bootstrap(model.bootstrap, model)                    # the EMA's own head where it has one
+        st = prototype_stats(assign_images(boot, model, data, cfg.path, seed=cfg.seed, progress=False), cfg.clusters,
+                             data.labels.numpy())
+        last = man["online"]["monitor"][-1]
+        out.update(nmi_m_star=round(st["nmi"], 4), ari_m_star=round(st["ari"], 4),
+                   prototypes_used=st["prototypes_used"], nmi_codes_released=round(last.get("nmi_codes", 0), 4))
+        curve = [dict(dataset=dataset, row=row, seed=seed, step=x["step"], nmi_m_star=round(x["nmi"], 4),
+                      nmi_codes_released=round(x.get("nmi_codes", float("nan")), 4),
+                      prototypes_used=x["prototypes_used"], key=out["key"], cpu=out["cpu"]) for x in man["online"]["monitor"]]
+    return out, curve
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--datasets", default="digits", help="comma-separated: digits, fashion_mnist")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows of {', '.join(ROWS)}")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--steps", type=int, default=None, help="S for every dataset (default: the recipe's, see STEPS)")
+    p.add_argument("--runs-dir", type=Path, default=ROOT / "runs/pretrained_start")
+    p.add_argument("--out", type=Path, default=ROOT / "outputs/pretrained_start")
+    a = p.parse_args(argv)
+    rev, cpu = code_rev(), machine()["cpu"]
+    want = [(d, r, int(sd)) for d in a.datasets.split(",") for sd in a.seeds.split(",") for r in a.rows.split(",")]
+    for d, r, _ in want:
+        if d not in STEPS or r not in ROWS: p.error(f"unknown dataset or row: {d} {r}")
+    S = lambda d: a.steps or STEPS[d]
+    done = {(r["dataset"], r["row"], int(r["seed"])) for r in read(a.out / "runs.csv")
+            if r["key"] == key(r["dataset"], r["row"], int(r["seed"]), S(r["dataset"])) and r["code_rev"] == rev}
+    todo = [w for w in want if w not in done]
+    need = {(d, ROWS[r][0], sd) for d, r, sd in todo if ROWS[r][0]}         # inits whose checkpoints must exist
+    run_of = lambda d, r, sd: a.runs_dir / d / f"{r}_s{sd}"
+    jobs = [w for w in todo] + [n for n in need if n not in todo and not (run_of(*n) / "manifest.json").exists()]
+    print(f"{len(done)} rows done (code {rev}, {cpu}); {len(jobs)} runs to train: {jobs}", flush=True)
+
+    def job(w):
+        d, r, sd = w
+        run = run_of(*w)
+        if not (run / "manifest.json").exists(): train(run, d, r, sd, S(d), a.runs_dir)
+        if w in todo:
+            row, curve = score(run, d, r, sd, S(d), rev)
+            same = lambda o, n: (o["dataset"], o["row"], o["seed"]) == (n["dataset"], n["row"], str(n["seed"]))
+            merge(a.out / "runs.csv", [row], FIELDS, same)
+            if curve: merge(a.out / "nmi.csv", curve, list(curve[0]), same)
+            print({k: row[k] for k in ("dataset", "row", "seed", "fd_cls", "nmi_m_star", "train_min")}, flush=True)
+        return w
+
+    order = lambda w: (w[0], w[2], ROWS[w[1]][0] is not None, -ROWS[w[1]][2])  # per seed: inits, then longest first
+    waiting, running, finished = sorted(jobs, key=order), set(), set()
+    def ready(w):                                                          # its init trained, or nothing to wait for
+        init = ROWS[w[1]][0]
+        return init is None or (w[0], init, w[2]) not in jobs or (w[0], init, w[2]) in finished
+    with ThreadPoolExecutor(a.jobs) as pool:
+        while waiting or running:
+            for w in [w for w in waiting if ready(w)][:a.jobs - len(running)]:
+                waiting.remove(w); running.add(pool.submit(job, w))
+            if not running: raise RuntimeError(f"runs wait for inits that cannot train: {waiting}")
+            done_now, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in done_now: running.discard(f); finished.add(f.result())
+
+if __name__ == "__main__":
+    main()
