@@ -13,7 +13,8 @@ Issue 21, item 3. Per dataset and seed, every row trains the same number of step
 
 S is the CPU recipe's unconditional budget (digits 1,500, Fashion-MNIST 3,000). Every run feeds the network raw t
 (`--time-scale 1`, the released embedding), so an init and its fine-tuning embed time alike. The online rows log m*'s
-NMI and the released code's codes NMI every 100 steps (on 500 images; the final NMI is over the whole training set).
+NMI and the released code's codes NMI every 100 steps (on 500 images; the final NMI is over the whole training set),
+and keep their checkpoint at the end of warm-up (`checkpoints/step_<N>.pt`) for `nbs/online_diagnosis.ipynb`.
 
 Run: `.venv/bin/python experiments/pretrained_start.py [--datasets digits] [--seeds 0,1,2] [--jobs 2]`.
 Two runs at a time, one thread each, a run as soon as its init is there. Each finished run is scored at once (1,000
@@ -59,7 +60,8 @@ def code_rev() -> str:
 def options(dataset: str, row: str, seed: int, s: int) -> list:
     "The `selfguide train` options of a row (without --init and --out-dir)"
     _, opts, units = ROWS[row]
-    return ["--dataset", dataset, "--seed", str(seed), "--steps", str(units * s), "--time-scale", "1", *opts]
+    keep = ["--keep-checkpoints", "--ckpt-every", str(units * s // 2)] if opts is ONLINE else []  # the warm-up's end
+    return ["--dataset", dataset, "--seed", str(seed), "--steps", str(units * s), "--time-scale", "1", *opts, *keep]
 
 def key(dataset: str, row: str, seed: int, s: int) -> str:
     "A row's key: its options and its init's (a fine-tuning depends on both)"
