@@ -64,6 +64,12 @@ def main():
                         f"{100 * float(r['load_over_step']):.2g}% of a {r['step_of']} step"
                         if r["load_over_step"] else ""]
                        for r in dl])]
+    cl = read_csv("classifier_speed.csv")
+    if cl:
+        out += ["\n### The offline metric's classifier (`benchmarks/classifier_speed.py`)\n", machine(cl),
+                table(["dataset", "case", "train images", "epochs", "steps", "s (with test accuracy)", "test accuracy"],
+                      [[r["dataset"], r["case"], r["n_train"], r["epochs"], r["steps"], r["train_s"], r["test_acc"]]
+                       for r in cl])]
     runs = {}                                   # label -> its newest run (a block of rows; a new block repeats one)
     for r in read_csv("online_overhead.csv"):
         block = runs.setdefault(r["label"], [])

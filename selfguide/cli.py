@@ -181,7 +181,7 @@ def sample_run(run, n=None, solver="dopri5", steps=50, g=0.4, cls=None, rtol=1e-
 
 # %% ../nbs/09_cli.ipynb #c008b
 def load_samples(path, read: bool = True) -> np.ndarray | None:
-    "The uint8 images (N, H, W, C) of a samples .npz written by `selfguide sample` (checked only, None, unless `read`)"
+    "The uint8 images (N, H, W[, C]) of a samples .npz, as `selfguide sample` writes it (checked; None unless `read`)"
     p = Path(path).expanduser()
     if not p.exists(): raise FileNotFoundError(f"no samples file {p} (--samples)")
     if p.is_dir(): raise IsADirectoryError(f"{p} is a folder, not a samples .npz (--samples)")
@@ -193,8 +193,8 @@ def load_samples(path, read: bool = True) -> np.ndarray | None:
         raise ValueError(f"{p} has no array 'images' (found: {', '.join(keys)}): not a samples file (--samples)")
     if not read: return None
     x = z["images"]
-    if x.dtype != np.uint8 or x.ndim != 4:
-        raise ValueError(f"{p}: 'images' must be uint8 (N, H, W, C), got {x.dtype} {x.shape} (--samples)")
+    if x.dtype != np.uint8 or x.ndim not in (3, 4):                        # the layouts of the `npz` dataset
+        raise ValueError(f"{p}: 'images' must be uint8 (N, H, W) or (N, H, W, C), got {x.dtype} {x.shape} (--samples)")
     return x
 
 # %% ../nbs/09_cli.ipynb #c009

@@ -17,15 +17,16 @@ from .runs import resolve_device
 # %% auto #0
 __all__ = ['INCEPTION_ENV', 'as_images', 'feature_stats', 'frechet_distance', 'knn_radii', 'precision_recall', 'classifier_score',
            'FeatureClassifier', 'embed', 'train_classifier', 'train_test', 'load_classifier', 'classifier_metrics',
-           'check_inception', 'clean_resize', 'InceptionFeatures', 'inception_features', 'inception_reference',
-           'load_reference', 'inception_metrics', 'evaluate_samples']
+           'check_inception', 'clean_resize', 'inception_input', 'InceptionFeatures', 'inception_features',
+           'inception_reference', 'load_reference', 'inception_metrics', 'evaluate_samples']
 
 # %% ../nbs/07_metrics.ipynb #c005
 def as_images(x) -> torch.Tensor:
     "uint8 (N, C, H, W) from numpy uint8 (N, H, W[, C]) or a tensor (N, C, H, W), uint8 or float in [-1, 1]"
     if isinstance(x, np.ndarray):
         if x.dtype != np.uint8 or x.ndim not in (3, 4): raise ValueError(f"numpy images must be uint8 (N, H, W[, C]), got {x.dtype} {x.shape}")
-        x = torch.from_numpy(x[..., None] if x.ndim == 3 else x).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
+        x = torch.from_numpy(x[..., None] if x.ndim == 3 else x).permute(0, 3, 1, 2)   # (N, C, H, W), a view
+        x = x.clone(memory_format=torch.contiguous_format)  # plain strides: both layouts run the same conv kernels
     x = torch.as_tensor(x).cpu()
     if x.ndim != 4: raise ValueError(f"images must be (N, C, H, W), got shape {tuple(x.shape)}")
     return x if x.dtype == torch.uint8 else to_uint8(x)
@@ -172,6 +173,11 @@ def clean_resize(x: torch.Tensor, size: int = 299) -> torch.Tensor:
     fn = make_resizer("PIL", False, "bicubic", (size, size))
     return torch.stack([torch.from_numpy(fn(im)) for im in x.permute(0, 2, 3, 1).numpy()]).permute(0, 3, 1, 2)
 
+def inception_input(x: torch.Tensor, size: int = 299) -> torch.Tensor:
+    "uint8 (N, 1 or 3, H, W) -> float32 (N, 3, size, size): clean-fid's Inception input in its mode 'clean'"
+    x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x     # grey -> RGB, as clean-fid's PIL convert("RGB")
+    return (clean_resize(x, size) - 128) / 128                 # InceptionV3W's normalisation: [0, 255] -> [-1, 1)
+
 class InceptionFeatures(nn.Module):
     "Inception-v3 from a local file: uint8 images (N, C, H, W) -> pool features (N, 2048) and unbiased logits (N, 1008)"
     def __init__(self, path, device="cpu"):
@@ -190,9 +196,8 @@ class InceptionFeatures(nn.Module):
             self.kind = "torch-fidelity"
     @torch.no_grad()
     def forward(self, x):
-        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x  # grey -> RGB
-        if self.kind == "torch-fidelity": return self.net(x.to(self.device))
-        pool = self.net.layers((clean_resize(x).to(self.device) - 128) / 128).flatten(1)  # (N, 2048), as cleanfid's InceptionV3W
+        if self.kind == "torch-fidelity": return self.net(x.expand(-1, 3, -1, -1).to(self.device))  # it resizes inside
+        pool = self.net.layers(inception_input(x).to(self.device)).flatten(1)  # (N, 2048), as clean-fid's InceptionV3W
         return pool, pool @ self.net.output.weight.T  # logits without the output bias
 
 # %% ../nbs/07_metrics.ipynb #c031

@@ -52,6 +52,19 @@ def test_evaluate_samples_needs_a_dataset(tmp_path):
     np.savez(tmp_path / "s.npz", images=np.zeros((10, 16, 16, 1), np.uint8))
     with pytest.raises(ValueError, match="--dataset"): main(["--debug", "evaluate", "--samples", str(tmp_path / "s.npz")])
 
+def test_evaluate_takes_grey_samples_as_the_npz_dataset_does(tmp_path, capsys):
+    "uint8 (N, H, W) and (N, H, W, 1), the layouts the `npz` dataset reads, give the same metrics (issue 24, item 10)"
+    import json
+    from selfguide.data import load_dataset
+    grey = load_dataset("digits").images[:300, 0].numpy()                # 300 real digits, uint8 (N, 16, 16)
+    m = {}
+    for name, images in (("grey", grey), ("nhwc", grey[..., None])):
+        np.savez(tmp_path / f"{name}.npz", images=images)
+        main(["evaluate", "--samples", str(tmp_path / f"{name}.npz"), "--dataset", "digits"])
+        m[name] = json.loads(capsys.readouterr().out)
+    assert m["grey"] == m["nhwc"] and m["grey"]["n_samples"] == 300
+    assert m["grey"]["fd_cls"] < 1.5 * m["grey"]["floor_fd_cls"]         # real digits score at the floor
+
 def test_paper_scale_runs_draw_10000_samples_by_default(tmp_path, monkeypatch):
     import json, selfguide.cli as cli
     from selfguide.cli import default_n

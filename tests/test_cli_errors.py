@@ -75,6 +75,9 @@ def test_samples_file_that_is_not_one(tmp_path, capsys):
     assert "no array 'images' (found: latents)" in err
     np.savez(tmp_path / "float.npz", images=np.zeros((2, 16, 16, 1), np.float32))
     assert "uint8" in error_line(capsys, ["evaluate", "--samples", str(tmp_path / "float.npz"), "--dataset", "digits"])
+    np.savez(tmp_path / "flat.npz", images=np.zeros((2, 256), np.uint8))  # neither (N, H, W) nor (N, H, W, C)
+    err = error_line(capsys, ["evaluate", "--samples", str(tmp_path / "flat.npz"), "--dataset", "digits"])
+    assert "'images' must be uint8 (N, H, W) or (N, H, W, C), got uint8 (2, 256) (--samples)" in err
 
 def test_corrupt_image_is_skipped_and_training_goes_on(tmp_path, capsys, caplog):
     rng = np.random.default_rng(0)

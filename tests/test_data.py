@@ -1,4 +1,6 @@
-import os, numpy as np, pytest, torch
+import os, subprocess
+from pathlib import Path
+import numpy as np, pytest, torch
 from selfguide.data import load_dataset, FASHION_MNIST_ROOT, to_uint8
 
 def test_digits():
@@ -19,13 +21,36 @@ def test_missing_path_names_path_and_option(tmp_path):
     assert "nope" in str(e.value) and "--data-root" in str(e.value)
     with pytest.raises(ValueError, match="needs data_root"): load_dataset("npz")
 
+INSTALL_FASHION_MNIST = ("install it with `sudo apt-get install dataset-fashion-mnist` (Debian, Ubuntu; `make data` "
+                         "does this in a root shell) or put the four IDX files of "
+                         "github.com/zalandoresearch/fashion-mnist there; with CI=true this fails instead of skipping")
+
+def fashion_mnist_or_skip():
+    "Outside CI, skip a test when Fashion-MNIST is not installed, saying how to install it; in CI (CI=true) go on"
+    there = any((FASHION_MNIST_ROOT / f"train-images-idx3-ubyte{s}").exists() for s in ("", ".gz"))
+    if not there and os.environ.get("CI", "").lower() in ("", "0", "false"):
+        pytest.skip(f"Fashion-MNIST is not installed in {FASHION_MNIST_ROOT}: {INSTALL_FASHION_MNIST}")
+
 def test_fashion_mnist_installed():
     """The real Fashion-MNIST files: `make test` installs Debian's package where it can. In CI a missing copy fails."""
-    if not (FASHION_MNIST_ROOT / "train-images-idx3-ubyte.gz").exists() and not os.environ.get("CI"):
-        pytest.skip(f"Fashion-MNIST is not installed in {FASHION_MNIST_ROOT} (apt-get install dataset-fashion-mnist)")
+    fashion_mnist_or_skip()
     train, test = load_dataset("fashion_mnist"), load_dataset("fashion_mnist", split="test")
     assert (len(train), len(test), train.shape, train.num_classes) == (60000, 10000, (1, 28, 28), 10)
     assert torch.bincount(train.labels).tolist() == [6000] * 10
+
+def test_missing_fashion_mnist_says_how_to_install_and_fails_in_ci(tmp_path, monkeypatch):
+    "`make data` and the tests' skip name the install command when the data is absent; with CI=true both fail"
+    script = Path(__file__).resolve().parents[1] / "tools/ensure_fashion_mnist.sh"
+    for ci, rc in (("", 0), ("false", 0), ("true", 1)):
+        r = subprocess.run([script, tmp_path / "none"], env={**os.environ, "CI": ci}, capture_output=True, text=True)
+        assert r.returncode == rc and "sudo apt-get install dataset-fashion-mnist" in r.stdout + r.stderr, (ci, r)
+    monkeypatch.setitem(globals(), "FASHION_MNIST_ROOT", tmp_path / "none")
+    monkeypatch.setenv("CI", "")
+    with pytest.raises(pytest.skip.Exception, match="sudo apt-get install dataset-fashion-mnist"):
+        fashion_mnist_or_skip()
+    monkeypatch.setenv("CI", "true")
+    try: fashion_mnist_or_skip()                                  # no skip in CI: the test goes on, fails on the data
+    except pytest.skip.Exception: pytest.fail("a missing Fashion-MNIST must fail in CI, not skip")
 
 def test_latents(tmp_path):
     lat = np.random.default_rng(0).standard_normal((5, 4, 8, 8)).astype(np.float32)
