@@ -11,8 +11,12 @@ Issue 21, item 3. Per dataset and seed, every row trains the same number of step
 | `cont_none` | (c) the control: unconditional training continued from `init_none` | S + S |
 | `scratch_online` | (d) online guidance, released protocol, from scratch | 2 S |
 
-S is the CPU recipe's unconditional budget (digits 1,500, Fashion-MNIST 3,000). Every run feeds the network raw t
-(`--time-scale 1`, the released embedding), so an init and its fine-tuning embed time alike. The online rows log m*'s
+S is the CPU recipe's unconditional budget (digits 1,500, Fashion-MNIST 3,000). Every row trains under the released
+protocol (`--protocol released`: raw-t time embedding, output conv, learned tokens, p_drop 0.15, ...), so an init and
+its fine-tuning share one architecture and one time embedding, and the rows differ only in guidance and start. One
+change to the released values, for every row alike: the EMA decay keeps its warm-up (`--ema-warmup`). The released
+code's constant 0.9999 over 20K guided steps leaves the EMA a time constant of half the guided phase; the CPU recipe's
+0.999 without warm-up over 750 guided steps would leave half its weight on the model at the switch. The online rows log m*'s
 NMI and the released code's codes NMI every 100 steps (on 500 images; the final NMI is over the whole training set),
 and keep their checkpoint at the end of warm-up (`checkpoints/step_<N>.pt`) for `nbs/online_diagnosis.ipynb`.
 
@@ -33,7 +37,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import machine                                                    # the CPU a row ran on
 
 STEPS = {"digits": 1500, "fashion_mnist": 3000}
-ONLINE = ["--guidance", "online", "--protocol", "released", "--monitor-every", "100", "--monitor-images", "500"]
+RELEASED = ["--protocol", "released", "--ema-warmup"]  # every row: the released model and protocol, EMA warm-up kept
+ONLINE = ["--guidance", "online", "--monitor-every", "100", "--monitor-images", "500"]
 ROWS = {  # name: (init row or None, options, steps in units of S)
     "init_none": (None, ["--guidance", "none"], 1),
     "init_class": (None, ["--guidance", "class"], 1),
@@ -61,7 +66,7 @@ def options(dataset: str, row: str, seed: int, s: int) -> list:
     "The `selfguide train` options of a row (without --init and --out-dir)"
     _, opts, units = ROWS[row]
     keep = ["--keep-checkpoints", "--ckpt-every", str(units * s // 2)] if opts is ONLINE else []  # the warm-up's end
-    return ["--dataset", dataset, "--seed", str(seed), "--steps", str(units * s), "--time-scale", "1", *opts, *keep]
+    return ["--dataset", dataset, "--seed", str(seed), "--steps", str(units * s), *RELEASED, *opts, *keep]
 
 def key(dataset: str, row: str, seed: int, s: int) -> str:
     "A row's key: its options and its init's (a fine-tuning depends on both)"
