@@ -4,27 +4,38 @@
 
 # %% ../nbs/04c_runs.ipynb #c002
 from __future__ import annotations
-import json, os, subprocess
+import json, os, signal, subprocess
 from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['ema_update', 'ema_decay_at', 'lr_at', 'resolve_device', 'autocast', 'git_revision', 'read_manifest',
+__all__ = ['fault_point', 'ema_update', 'ema_decay_at', 'lr_at', 'resolve_device', 'autocast', 'git_revision', 'read_manifest',
            'update_manifest', 'atomic_write', 'save_checkpoint', 'keep_checkpoint', 'run_checkpoints']
+
+# %% ../nbs/04c_runs.ipynb #c003b
+def fault_point(where: str) -> None:
+    "Tests only: with $SELFGUIDE_FAULT_POINTS set to a file, append `where` to it and stop this process (SIGSTOP)"
+    if file := os.environ.get("SELFGUIDE_FAULT_POINTS"):
+        with open(file, "a") as f: f.write(where + "\n")
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 # %% ../nbs/04c_runs.ipynb #c005
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    "ema <- decay * ema + (1 - decay) * model, for each parameter of `ema` (paired with `model`'s by name)"
+    "ema <- decay * ema + (1 - decay) * model, for each parameter of `ema` (paired by name); decay 0: buffers too"
     own, named = dict(model.named_parameters()), list(ema.named_parameters())
     torch._foreach_lerp_([p for _, p in named], [own[n] for n, _ in named], 1.0 - decay)
+    if decay == 0:                                  # a copy (the warm-up): BatchNorm statistics too, as released
+        bufs = dict(model.named_buffers())
+        for n, b in ema.named_buffers(): b.copy_(bufs[n])
 
 def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
     "EMA decay at `step`: `decay`, warmed up as min(decay, (1 + step) / (10 + step))"
     return min(decay, (1 + step) / (10 + step)) if warmup else decay
 
 def lr_at(step: int, lr: float, warmup_steps: int) -> float:
-    "Learning rate at `step`: linear warm-up, then constant"
+    "Learning rate at `step`: linear warm-up, then constant (`train` asks it once a step: fault point `step <N>`)"
+    fault_point(f"step {step}")
     return lr * min(1.0, (step + 1) / max(1, warmup_steps))
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -73,9 +84,11 @@ def atomic_write(path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")                # one fixed name: a killed writer's leftover is overwritten
     try:
         with open(tmp, "wb") as f: write(f); f.flush(); os.fsync(f.fileno())
+        fault_point(f"{path.name} written")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True); raise
+    fault_point(f"{path.name} renamed")
     _fsync_dir(path.parent)
 
 def save_checkpoint(path, **state) -> None:

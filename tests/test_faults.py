@@ -1,4 +1,5 @@
-"Faults: atomic checkpoints, runs killed with SIGKILL and resumed end bit for bit where a straight run ends, NaN stops"
+"""Faults: atomic checkpoints, runs killed with SIGKILL (at named fault points and at random moments) and resumed end
+bit for bit where a straight run ends, NaN stops"""
 import json, os, random, signal, subprocess, sys, time
 from pathlib import Path
 import pytest, torch
@@ -32,24 +33,60 @@ def test_failing_manifest_write_keeps_the_previous_manifest(tmp_path, monkeypatc
 
 def _cmd(out): return [sys.executable, "-m", "selfguide", "train", *ARGS, "--out-dir", str(out)]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+ENV.pop("SELFGUIDE_FAULT_POINTS", None)
 
-def test_sigkill_at_random_moments_then_resume_is_bit_exact(tmp_path):
+class Stopping:
+    "A training run that stops itself at every fault point (`selfguide.runs.fault_point`) until continued or killed"
+    def __init__(self, out, points):
+        self.points, self.out = points, out
+        self.p = subprocess.Popen(_cmd(out), env={**ENV, "SELFGUIDE_FAULT_POINTS": str(points)},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.lines, self.stopped = self.wait(), True
+
+    def wait(self, timeout=300) -> list[str]:
+        "Wait until the run stops at its next fault point; the points it announced so far"
+        deadline = time.monotonic() + timeout
+        while not (ws := os.waitpid(self.p.pid, os.WUNTRACED | os.WNOHANG))[0]:
+            if time.monotonic() > deadline: self.p.kill(); self.p.wait(); raise TimeoutError("no fault point")
+            time.sleep(0.005)
+        assert os.WIFSTOPPED(ws[1]), f"the run ended (wait status {ws[1]}) before its next fault point"
+        return self.points.read_text().splitlines()
+
+    def go(self):
+        "Let the run go on from its fault point (SIGCONT); it stops again at the next one"
+        self.p.send_signal(signal.SIGCONT); self.stopped = False
+
+    def until(self, *tail) -> None:
+        "Continue point by point until the last points announced are `tail`; it stays stopped there"
+        while self.lines[-len(tail):] != list(tail): self.go(); self.lines, self.stopped = self.wait(), True
+
+    def kill(self) -> tuple:
+        "SIGKILL it; assert the kill, not an exit, ended it; (last.pt's step, checkpoint files, last point, stopped)"
+        self.p.send_signal(signal.SIGKILL); self.p.wait()
+        assert self.p.returncode == -signal.SIGKILL and not (self.out / "manifest.json").exists()   # unfinished
+        ck = self.out / "checkpoints"
+        return (torch.load(ck / "last.pt", weights_only=False)["step"], sorted(f.name for f in ck.iterdir()),
+                self.points.read_text().splitlines()[-1], self.stopped)
+
+def test_sigkill_at_fault_points_and_random_moments_then_resume_is_bit_exact(tmp_path):
+    "Five kills: at a step, in a checkpoint write before its rename, right after it, and twice at a random moment"
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    subprocess.run(_cmd(straight), env=ENV, check=True, capture_output=True)
-    step_s = json.loads((straight / "manifest.json").read_text())["timings"]["step_s_median"]
-    rng, kills, at = random.Random(0), 0, []
-    while kills < 3:                 # start, wait for its first checkpoint write, kill within the next 3 steps' time
-        ck = killed / "checkpoints" / "last.pt"
-        before = ck.stat().st_mtime_ns if ck.exists() else None
-        p = subprocess.Popen(_cmd(killed), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while p.poll() is None and (not ck.exists() or ck.stat().st_mtime_ns == before): time.sleep(0.01)
-        time.sleep(rng.uniform(0, 3 * step_s))
-        if p.poll() is not None: break                              # it finished first
-        p.send_signal(signal.SIGKILL); p.wait(); kills += 1
-        at.append((torch.load(ck, weights_only=False)["step"], sorted(f.name for f in ck.parent.iterdir())))
-    print("killed after (checkpoint step, files):", at)
+    subprocess.run(_cmd(straight), env=ENV, check=True, capture_output=True)        # no fault points: never stops
+    rng, at = random.Random(0), []
+    run = Stopping(killed, tmp_path / "points1"); run.until("step 3")
+    at.append(run.kill()); assert at[-1] == (2, ["last.pt"], "step 3", True)              # resumes from step 2
+    run = Stopping(killed, tmp_path / "points2"); run.until("step 5", "last.pt written")  # checkpoint 6, unrenamed
+    at.append(run.kill()); assert at[-1] == (4, ["last.pt", "last.pt.tmp"], "last.pt written", True)
+    run = Stopping(killed, tmp_path / "points3"); run.until("step 7", "last.pt written", "last.pt renamed")
+    at.append(run.kill()); assert at[-1] == (8, ["last.pt"], "last.pt renamed", True)     # the rename done: step 8
+    for i, tail in enumerate([("step 9",), ("step 11", "last.pt written")]):    # a random moment after a point,
+        run = Stopping(killed, tmp_path / f"points{4 + i}"); run.until("step 8")    # before the next one at the latest
+        t = time.monotonic(); run.until("step 9"); step_s = time.monotonic() - t   # a step, as this run takes it
+        run.until(*tail); run.go(); time.sleep(rng.uniform(0, step_s))
+        at.append(run.kill()); assert at[-1][0] in (8, 10, 12)
+    print("killed at (last.pt's step, checkpoint files, last fault point, stopped there):", at)
     subprocess.run(_cmd(killed), env=ENV, check=True, capture_output=True)   # resume until done
-    assert kills == 3 and sorted(f.name for f in (killed / "checkpoints").iterdir()) == ["last.pt"]  # no leftover
+    assert sorted(f.name for f in (killed / "checkpoints").iterdir()) == ["last.pt"]  # no leftover
     a = torch.load(straight / "checkpoints" / "last.pt", weights_only=False)
     b = torch.load(killed / "checkpoints" / "last.pt", weights_only=False)
     assert any(k.startswith("bootstrap.") for k in a["model"]) and a["step"] == b["step"] == 16
