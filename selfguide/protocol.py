@@ -8,9 +8,11 @@ import torch
 import torch.nn as nn
 from .sinkhorn import ProjectionHead
 from .online import SK_MASK, sk_source
+from .runs import ema_decay_at
 
 # %% auto #0
-__all__ = ['PROTOCOL_NAMES', 'RELEASED_BAND', 'is_released', 'sk_band', 'm_star_noise', 'protocol_model', 'ema_bootstrap']
+__all__ = ['PROTOCOL_NAMES', 'RELEASED_BAND', 'is_released', 'sk_band', 'm_star_noise', 'protocol_model', 'ema_decay',
+           'ema_bootstrap']
 
 # %% ../nbs/04e_protocol.ipynb #c005
 PROTOCOL_NAMES = ("package", "released")
@@ -59,6 +61,12 @@ def protocol_model(model, cfg):
             model.cond_proj = nn.Identity()
         boot.head, boot.protos.renorm = _released_head(boot), True
     return model
+
+def ema_decay(cfg, step: int, warm_end: int) -> float:
+    "EMA decay after `step`: package: a copy in warm-up; released: frozen in it and a copy at the switch; then decayed"
+    if step < warm_end: return 1.0 if is_released(cfg) else 0.0
+    if step == warm_end and is_released(cfg): return 0.0                  # after that step's m* (from the frozen EMA)
+    return ema_decay_at(step - warm_end, cfg.ema_decay, cfg.ema_warmup)
 
 def ema_bootstrap(ema, cfg) -> None:
     "The EMA copy keeps its own head and prototypes under the released protocol (m* reads them); else they go"

@@ -18,13 +18,13 @@ from .latents import draw_latents
 from .paths import get_path
 from .uvit import build_uvit, count_params, load_official, official_schedule, transfer_state
 from .config import TrainConfig, resolve_config
-from .runs import (ema_update, ema_decay_at, lr_at, resolve_device, autocast, git_revision, read_manifest,
+from .runs import (ema_update, lr_at, resolve_device, autocast, git_revision, read_manifest,
                             update_manifest, save_checkpoint, keep_checkpoint)
 from .guidance import (check_guidance, condition_slot, batch_condition, cached_features, file_key, kmeans,
                                 cluster_scores, load_encoder, encoder_features, ONLINE_MODES)
 from .online import build_bootstrap, sk_views, sk_objective, sk_weight, monitor_stats, check_online, loss_csv
 from .amortise import amortised_inputs, amortise_cache
-from .protocol import protocol_model, ema_bootstrap, sk_band, m_star_noise
+from .protocol import protocol_model, ema_bootstrap, ema_decay, sk_band, m_star_noise
 from .distributed import (init_distributed, world_size, rank, is_main, rank_rows, micro_batch, pad_rows,
                                    all_mean, local_main_first, global_batchnorm)
 
@@ -242,7 +242,7 @@ def train(**config) -> Path:
             loss_sum = loss_sum + loss.detach()
         if cfg.grad_clip > 0: torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        decay = 0.0 if step < warm_end else ema_decay_at(step - warm_end, cfg.ema_decay, cfg.ema_warmup)  # EMA opens after warm-up
+        decay = ema_decay(cfg, step, warm_end)                 # EMA opens after warm-up (protocol: how it gets there)
         ema_update(ema, model, decay)
         loss, sk = loss_sum / len(chunks), nan if l_sk is None else l_sk.detach().float()
         pending.append(torch.stack([loss, sk, loss if l_sk is None else loss + w_sk * sk])); steps_run += 1
