@@ -1,4 +1,5 @@
 import pytest, torch
+from pathlib import Path
 from selfguide.uvit import build_uvit, count_params, UViT
 
 @pytest.mark.parametrize("size,patch,chans", [(16, 2, 1), (16, 4, 1), (28, 4, 1), (32, 2, 4)])
@@ -110,3 +111,34 @@ def test_forward_and_gradients_equal_the_previous_implementation(kw, cond):
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
     for n, g in grads[0].items():  # relative to each gradient's scale: sums over more rows round differently
         assert (g - grads[1][n]).abs().max() <= 1e-6 * grads[1][n].abs().max(), n
+
+# --- the official U-ViT-L/2 and U-ViT-H/2 latent models by their real names and shapes (benchmarks/official_keys.py
+# built their libs/uvit.py from baofff/U-ViT's ImageNet256 configs and wrote these lists; no weights here) ---
+DATA = Path(__file__).parent / "data"
+
+def official_shapes(name: str) -> dict:
+    "{tensor name: shape} of an official model, from its fixture"
+    text = (DATA / f"official_uvit_{name}_keys.txt").read_text()
+    lines = [l.split() for l in text.splitlines() if not l.startswith("#")]
+    return {k: tuple(map(int, s.split(","))) for k, s in lines}
+
+@pytest.mark.parametrize("name,depth,width,conv,time_scale",
+                         [("l2", 20, 1024, True, 999.0), ("h2", 28, 1152, False, 1000.0)])
+def test_official_checkpoints_load_by_their_real_names(name, depth, width, conv, time_scale):
+    from selfguide.uvit import from_official
+    shapes = official_shapes(name)
+    assert len(shapes) == {"l2": 261, "h2": 355}[name] and shapes["label_emb.weight"] == (1001, width)
+    sd = {k: torch.empty(s, device="meta") for k, s in shapes.items()}  # shapes only: no memory for 500M parameters
+    with torch.device("meta"):
+        m = from_official({"module." + k: v for k, v in sd.items()})   # strict load_state_dict inside
+    assert (m.depth, m.embed_dim, m.mid_block.attn.num_heads, m.num_classes) == (depth, width, 16, 1000)
+    assert (m.img_size, m.patch_size, m.in_chans, m.num_patches, m.extras) == (32, 2, 4, 256, 2)
+    assert (m.time_scale, isinstance(m.final_layer, torch.nn.Conv2d)) == (time_scale, conv)
+    assert m.mid_block.attn.qkv.bias is None and isinstance(m.time_embed, torch.nn.Identity)
+    ours = {k: tuple(v.shape) for k, v in m.state_dict().items()}      # every official tensor, renamed, and the null
+    want = {k.replace("patch_embed.proj.", "patch_embed."): s for k, s in shapes.items()}
+    want.update({"label_emb.weight": (1000, width), "null_emb": (1, width)})
+    assert ours == want
+    extra = {**sd, "in_blocks.0.attn.qkv.bias": torch.empty(3 * width, device="meta")}
+    with pytest.raises(RuntimeError, match="Unexpected key"):           # a tensor ours lacks is refused, not dropped
+        with torch.device("meta"): from_official(extra)
