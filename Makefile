@@ -7,7 +7,7 @@ export OMP_NUM_THREADS ?= 2
 export HF_HUB_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: venv demo test sync nbtest pytest data bench reproduce clean
+.PHONY: venv demo test sync tree-record nbtest pytest data bench reproduce clean
 
 # Create or update .venv whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -36,8 +36,14 @@ nbtest: venv
 pytest: venv data
 	$(BIN)/python -m pytest -q
 
-# Notebooks clean and exported, every notebook executed, then pytest (its summary line is the last line).
-test: venv data sync nbtest pytest
+# Notebooks clean and exported, every notebook executed, then pytest (its summary line is the last line), and the
+# working tree as the notebooks and tests found it (tools/tree_state.py: silent unless something changed).
+TREE_RECORD := $(VENV)/.tree-before-test
+tree-record: venv
+	$(BIN)/python tools/tree_state.py save $(TREE_RECORD)
+
+test: venv data sync tree-record nbtest pytest
+	@$(BIN)/python tools/tree_state.py check $(TREE_RECORD)
 
 # Speed measurements, not part of `make test` (about 14 minutes on 2 CPU cores; NO_COMPILE=1 skips torch.compile):
 # outputs/bench/*.csv, *.png and summary.md (README's Performance section); QUICK=1: a 3-minute smoke run into
@@ -54,6 +60,7 @@ bench: venv data
 	$(BIN)/python benchmarks/data_speed.py $(BENCH)
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/online_overhead.py --former --amortise 1,8 --label make-bench $(OVERHEAD)
 	$(BIN)/python benchmarks/attention.py --no-bf16 $(if $(QUICK),--n 2)
+	$(BIN)/python benchmarks/classifier_speed.py $(BENCH)
 	$(if $(OFFICIAL),$(BIN)/python benchmarks/uvit_official.py --official $(OFFICIAL))
 	$(BIN)/python benchmarks/summary.py $(BENCH)
 
@@ -65,3 +72,26 @@ reproduce: venv data
 
 clean:
 	rm -rf $(VENV) _proc _docs .pytest_cache
+
+# One prepared GPU check, about 7 minutes on one H100 (benchmarks/gpu_check.py; README "GPU"): throughput and MFU of
+# U-ViT-L/2, ours against the official U-ViT, syncs inside the step, the CLI end to end (torchrun, SIGKILL, resume,
+# sample). Rows in outputs/bench/gpu/ (OUT=DIR elsewhere, e.g. OUT=$OUT on a lent machine); DEVICE=cpu QUICK=1: the
+# tiny preset (tests/test_gpu_check.py runs it). No venv prerequisite: on a GPU machine its own python3 runs it.
+# `make gpu-wheels` (here, where pip works) fills the ignored .gpu-wheels/ that the GPU machine lacks: the diffusers
+# wheel, and with UVIT_GIT=a clone of github.com/baofff/U-ViT (bare or not) its libs/uvit.py and libs/timm.py.
+.PHONY: gpu-check gpu-wheels
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+GPU_WHEELS := .gpu-wheels
+DIFFUSERS_VERSION ?= 0.42.1
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py --device $(or $(DEVICE),cuda) $(if $(QUICK),--quick) \
+	  $(if $(OUT),--out $(OUT)) $(if $(OFFICIAL),--official $(OFFICIAL))
+
+gpu-wheels:
+	mkdir -p $(GPU_WHEELS)/official
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d $(GPU_WHEELS) diffusers==$(DIFFUSERS_VERSION)
+	$(if $(UVIT_GIT),git -C $(UVIT_GIT) show HEAD:libs/uvit.py >$(GPU_WHEELS)/official/uvit.py,\
+	  @echo "gpu-wheels: no UVIT_GIT=PATH (a clone of baofff/U-ViT): the check will skip the official U-ViT")
+	$(if $(UVIT_GIT),git -C $(UVIT_GIT) show HEAD:libs/timm.py >$(GPU_WHEELS)/official/timm.py)
+	du -sh $(GPU_WHEELS)

@@ -24,7 +24,7 @@ __all__ = ['KEEP', 'SMALL', 'PAPER_READOUT', 'ONLINE_PAPER', 'RUNS', 'SMOKE', 'S
            'SCORING', 'PAPER_TABLES', 'run_folder', 'run_options', 'run_order', 'is_finished', 'finished_runs',
            'smoke_runs', 'setup_result', 'eval_name', 'evaluate_cached', 'cached_samples', 'evaluate_checkpoints',
            'over_seeds', 'pm', 'seed_rows', 'eval_label', 'plot_band', 'paper_table', 'markdown_table', 'write_summary',
-           'save_samples']
+           'save_samples', 'check_result']
 
 # %% ../nbs/10_results.ipynb #c005
 KEEP = dict(keep_checkpoints=True)  # weaker versions (1/4, 1/2, 3/4 of the steps): curves over training, autoguidance
@@ -246,3 +246,27 @@ def write_summary(out_dir, title: str, sentence: str, tables=(), images=(), note
 def save_samples(images: np.ndarray, path, nrow: int = 10) -> Path:
     "Save uint8 samples (N, H, W, C) as a PNG grid"
     return save_grid(to_float(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)), path, nrow=nrow)
+
+# %% ../nbs/10_results.ipynb #c023
+def check_result(out_dir, csvs: dict | None = None, images=(), numbers=(), digits: int = 2) -> str | None:
+    "Check `out_dir`: `csvs` (file -> (columns, rows)), PNG `images`, a verdict naming `numbers`; return the verdict"
+    out = Path(out_dir)
+    for name, (cols, rows) in (csvs or {}).items():
+        if not (out / name).is_file(): raise AssertionError(f"{name} was not written in {out}")
+        try: df = pd.read_csv(out / name)
+        except pd.errors.EmptyDataError: raise AssertionError(f"{name} is empty (no columns, no rows)") from None
+        if missing := [c for c in cols if c not in df.columns]:
+            raise AssertionError(f"{name} has no column(s) {missing}; it has {list(df.columns)}")
+        if len(df) != rows or not len(df):
+            raise AssertionError(f"{name} has {len(df)} rows, expected {rows}{'' if len(df) else ' (an empty table)'}")
+    for i in images:
+        if not (out / i).is_file() or (out / i).read_bytes()[:8] != b"\x89PNG\r\n\x1a\n":
+            raise AssertionError(f"{i} is not a PNG written in {out}")
+    if numbers is None: return None
+    if not (out / "summary.md").is_file(): raise AssertionError(f"no summary.md in {out}")
+    verdict = (out / "summary.md").read_text().strip().split("\n\n")[-1]
+    said = [v if isinstance(v, str) else f"{v:.{digits}f}" for v in numbers]
+    if not said: raise AssertionError(f"no numbers for the verdict to name: the table is empty ({verdict!r})")
+    if absent := [s for s in said if s not in verdict]:
+        raise AssertionError(f"the verdict does not name {absent}: {verdict!r}")
+    return verdict

@@ -111,3 +111,12 @@ def test_a_run_starts_when_its_dependency_is_done_and_not_after_it_failed(tmp_pa
         reproduce.train_all(["child", "other"], [0, 1], jobs=2, runs_dir=tmp_path, runs=FAKE)
     assert order.index("base_s0") < order.index("child_s0") and "child_s1" not in order
     assert sorted(order) == ["base_s0", "base_s1", "child_s0", "other_s0", "other_s1"]
+
+def test_every_result_notebook_checks_what_it_wrote_in_its_smoke_run():
+    """Each result notebook's last cell, under IN_TEST (nbdev-test), checks its CSVs, PNGs and verdict with
+    `check_result`; nbdev-test running the notebooks is what fails on an empty table."""
+    for n in (*reproduce.NOTEBOOKS, "compare_guidance", "online_evidence"):
+        cells = json.loads((ROOT / "nbs" / f"{n}.ipynb").read_text())["cells"]
+        src = "".join(cells[-1]["source"])
+        assert cells[-1]["cell_type"] == "code" and src.startswith('if os.environ.get("IN_TEST"):'), n
+        assert "check_result(" in src, n
