@@ -4,11 +4,12 @@
 
 # %% ../nbs/04a_online.ipynb #c002
 from __future__ import annotations
-import copy, warnings
+import warnings
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+import torch.nn.functional as F
 from tqdm import tqdm
 from .data import clean_batches
 from .paths import get_path
@@ -238,7 +239,10 @@ def loss_csv(losses: list, sk_losses: list, monitor: list, cfg) -> str:
 def codes_nmi(model, cond, data, cfg, path="cv") -> float:
     "NMI of argmax Sinkhorn codes of training-like rows (t uniform, head in train mode; `cond`: m* (n, ...) or None)"
     boot, path = model.bootstrap, get_path(path) if isinstance(path, str) else path
-    head, g, dev = copy.deepcopy(boot.head).train(), torch.Generator().manual_seed(cfg.seed + 1), boot.protos().device
+    g, dev, (lin1, bn, act, lin2) = torch.Generator().manual_seed(cfg.seed + 1), boot.protos().device, boot.head.net
+    def head(f):                                       # training mode on this batch alone: no all_reduce (rank 0 runs
+        h = F.batch_norm(lin1(f), None, None, bn.weight, bn.bias, True, 0.0, bn.eps)  # this), running stats untouched
+        return F.normalize(lin2(act(h)), dim=1)
     ids, labels, seen = [], data.labels.numpy(), 0
     for x in clean_batches(data, min(len(data), cfg.monitor_images), cfg.batch_size):  # (b, C, H, W), training order
         seen, x = seen + len(x), x.to(dev)
@@ -246,6 +250,6 @@ def codes_nmi(model, cond, data, cfg, path="cv") -> float:
         t, noise = path.sample_t(len(x), generator=g).to(dev), torch.randn(x.shape, generator=g).to(dev)
         c = None if cond is None else cond[seen - len(x):seen].to(dev)     # m* as in training, without the drop
         _, f = model(path.x_t(x, noise, t), t, c, tap=boot.layer)          # the training forward's tapped rows
-        codes = sinkhorn(head(boot.rows(f)) @ boot.protos().T, cfg.sk_iters, cfg.sk_epsilon)  # (b, K)
+        codes = sinkhorn(head(boot.rows(f)) @ boot.protos().T, cfg.sk_iters, cfg.sk_epsilon, local=True)  # (b, K)
         ids.append((codes.argmax(1).cpu().numpy(), labels[seen - len(x):seen]))
     return cluster_scores(np.concatenate([i for i, _ in ids]), np.concatenate([y for _, y in ids]))["nmi"]

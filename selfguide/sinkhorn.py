@@ -14,9 +14,11 @@ import torch.distributed as dist
 __all__ = ['sinkhorn', 'Prototypes', 'ProjectionHead', 'sk_loss']
 
 # %% ../nbs/03_sinkhorn.ipynb #c005
-def _batch_logsumexp(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+def _joined(local: bool = False) -> bool: return not local and dist.is_available() and dist.is_initialized()
+
+def _batch_logsumexp(x: torch.Tensor, dim: int = 0, local: bool = False) -> torch.Tensor:
     "logsumexp over the (possibly distributed) batch dimension"
-    if not (dist.is_available() and dist.is_initialized()): return torch.logsumexp(x, dim, keepdim=True)
+    if not _joined(local): return torch.logsumexp(x, dim, keepdim=True)
     m = x.amax(dim, keepdim=True)
     dist.all_reduce(m, op=dist.ReduceOp.MAX)
     s = (x - m).exp().sum(dim, keepdim=True)
@@ -24,14 +26,14 @@ def _batch_logsumexp(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return m + s.log()
 
 @torch.no_grad()
-def sinkhorn(scores: torch.Tensor, n_iters: int = 3, epsilon: float = 0.05) -> torch.Tensor:
-    "Codes (B, K) from scores (B, K): rows sum to 1, columns to B/K (equal partition), all-reduced across processes"
+def sinkhorn(scores: torch.Tensor, n_iters: int = 3, epsilon: float = 0.05, local: bool = False) -> torch.Tensor:
+    "Codes (B, K) from scores (B, K): rows sum to 1, columns to B/K; all-reduced across processes unless `local`"
     logq = scores.float() / epsilon                                     # (B, K)
     B = torch.full((), float(len(logq)), device=logq.device)            # a fill, no host-device copy
-    if dist.is_available() and dist.is_initialized(): dist.all_reduce(B)
+    if _joined(local): dist.all_reduce(B)
     K = logq.shape[1]
     for _ in range(n_iters):
-        logq = logq - _batch_logsumexp(logq, 0) - math.log(K)           # each prototype column: mass 1/K
+        logq = logq - _batch_logsumexp(logq, 0, local) - math.log(K)    # each prototype column: mass 1/K
         logq = logq - torch.logsumexp(logq, 1, keepdim=True) - B.log()  # each sample row: mass 1/B
     return (logq + B.log()).exp()                                       # rows sum to 1
 
