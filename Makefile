@@ -45,7 +45,7 @@ tree-record: venv
 test: venv data sync tree-record nbtest pytest
 	@$(BIN)/python tools/tree_state.py check $(TREE_RECORD)
 
-# Speed measurements, not part of `make test` (about 14 minutes on 2 CPU cores; NO_COMPILE=1 skips torch.compile):
+# Speed measurements, not part of `make test` (about 35 minutes on 2 CPU cores; NO_COMPILE=1 skips torch.compile):
 # outputs/bench/*.csv, *.png and summary.md (README's Performance section); QUICK=1: a 3-minute smoke run into
 # outputs/bench/quick/.
 # OFFICIAL=path/to/libs/uvit.py adds our U-ViT against the official one (outputs/bench/uvit_official.csv).
@@ -61,6 +61,7 @@ bench: venv data
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/online_overhead.py --former --amortise 1,8 --label make-bench $(OVERHEAD)
 	$(BIN)/python benchmarks/attention.py --no-bf16 $(if $(QUICK),--n 2)
 	$(BIN)/python benchmarks/classifier_speed.py $(BENCH)
+	$(BIN)/python benchmarks/cpu_limit.py $(BENCH) $(if $(NO_COMPILE),--no-compile)
 	$(if $(OFFICIAL),$(BIN)/python benchmarks/uvit_official.py --official $(OFFICIAL))
 	$(BIN)/python benchmarks/summary.py $(BENCH)
 

@@ -84,6 +84,10 @@ def main():
                 table(["run", "phase", "steps", "ms / step", "x none", "x none, per run"],
                       [[r["run"], r["phase"], r["steps"], f"{float(r['median_s']) * 1000:.0f}", r["ratio_to_none"],
                         r["per_run_ratio"]] for r in rows])]
+    cpu = read_csv("cpu_limit.csv")
+    if cpu:
+        from cpu_limit import markdown
+        out.append(markdown(cpu, machine_line, table))
     (common.OUT / "summary.md").write_text("\n".join(out))
     print(f"wrote {common.OUT / 'summary.md'}")
 
