@@ -115,7 +115,7 @@ def test_a_run_starts_when_its_dependency_is_done_and_not_after_it_failed(tmp_pa
 def test_every_result_notebook_checks_what_it_wrote_in_its_smoke_run():
     """Each result notebook's last cell, under IN_TEST (nbdev-test), checks its CSVs, PNGs and verdict with
     `check_result`; nbdev-test running the notebooks is what fails on an empty table."""
-    for n in (*reproduce.NOTEBOOKS, "compare_guidance", "online_evidence"):
+    for n in (*reproduce.NOTEBOOKS, "compare_guidance", "online_evidence", "online_diagnosis"):
         cells = json.loads((ROOT / "nbs" / f"{n}.ipynb").read_text())["cells"]
         src = "".join(cells[-1]["source"])
         assert cells[-1]["cell_type"] == "code" and src.startswith('if os.environ.get("IN_TEST"):'), n
