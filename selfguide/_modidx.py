@@ -346,6 +346,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'selfguide.sinkhorn.Prototypes.renormalise_': ( 'sinkhorn.html#prototypes.renormalise_',
                                                                                     'selfguide/sinkhorn.py'),
                                     'selfguide.sinkhorn._batch_logsumexp': ('sinkhorn.html#_batch_logsumexp', 'selfguide/sinkhorn.py'),
+                                    'selfguide.sinkhorn._joined': ('sinkhorn.html#_joined', 'selfguide/sinkhorn.py'),
                                     'selfguide.sinkhorn.sinkhorn': ('sinkhorn.html#sinkhorn', 'selfguide/sinkhorn.py'),
                                     'selfguide.sinkhorn.sk_loss': ('sinkhorn.html#sk_loss', 'selfguide/sinkhorn.py')},
             'selfguide.train': { 'selfguide.train.StepBatchSampler': ('train.html#stepbatchsampler', 'selfguide/train.py'),
