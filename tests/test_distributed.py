@@ -12,7 +12,9 @@ SMALL = dict(dataset="digits", preset="tiny", patch_size=4, batch_size=32, lr=1e
              seed=3, steps=12, ckpt_every=8, device="cpu")
 ONLINE = dict(SMALL, guidance="online", clusters=4, sk_hidden=32, sk_dim=8, monitor_images=64)  # the CPU recipe's SK
 PAPER = dict(ONLINE, sk_mask=True, feature_readout="token", feature_t=0.2)                      # Alg. 1's mask, [CLS]
-RUNS = {"none": dict(SMALL, guidance="none"), "online": ONLINE, "paper_accum": dict(PAPER, grad_accum=2)}
+RELEASED = dict(SMALL, guidance="online", clusters=4, monitor_images=64, protocol="released")  # the authors' protocol
+RUNS = {"none": dict(SMALL, guidance="none"), "online": ONLINE, "paper_accum": dict(PAPER, grad_accum=2),
+        "released": RELEASED}
 REFUSED = {"masked": dict(PAPER, sk_sinkhorn="masked"), "indivisible": dict(SMALL, grad_accum=3)}
 
 WORKER = r'''
@@ -68,7 +70,7 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("distributed")
     procs = launch(tmp, {**RUNS, **amortised(tmp)}, REFUSED)                 # meanwhile, one process:
     for name, cfg in dict(none=RUNS["none"], online=ONLINE, paper=PAPER, none_accum=dict(RUNS["none"], grad_accum=2),
-                          **amortised(tmp)).items():
+                          released=RELEASED, **amortised(tmp)).items():
         train(**cfg, out_dir=str(tmp / "one" / name))
     return tmp, reports(tmp, procs)
 
@@ -76,11 +78,15 @@ def _state(run):
     ck = torch.load(Path(run) / "checkpoints" / "last.pt", weights_only=False)
     return ck["model"], ck["ema"], ck["losses"], ck["sk_losses"], ck.get("m_star")
 
-def assert_same_run(a, b, tol=1e-4):
+PRE_BN = ("bootstrap.head.net.0.bias", "bootstrap.head.net.1.running_mean")  # released head: a bias before train-mode
+# BatchNorm has gradient 0 in exact arithmetic; its rounding noise, which AdamW scales to steps of ~lr with random
+# signs, differs between any two summation orders (benchmarks/sgfm_parity.py: the released code's own runs too)
+
+def assert_same_run(a, b, tol=1e-4, skip=()):
     (ma, ea, la, sa, ca), (mb, eb, lb, sb, cb) = _state(a), _state(b)
     assert ma.keys() == mb.keys() and ea.keys() == eb.keys()
     for part, x, y in (("model", ma, mb), ("ema", ea, eb)):
-        for k in set(x):
+        for k in set(x) - set(skip):
             if x[k].is_floating_point(): assert (x[k] - y[k]).abs().max() < tol, f"{part} {k} differs"
             else: assert torch.equal(x[k], y[k]), f"{part} {k} differs"
     assert len(la) == len(lb) == SMALL["steps"] and torch.allclose(torch.tensor(la), torch.tensor(lb), atol=tol)
@@ -89,10 +95,10 @@ def assert_same_run(a, b, tol=1e-4):
     assert counts[0] == counts[1]                                                # m* of 64 images: the same
     assert (ca is None) == (cb is None) and (ca is None or torch.equal(ca["ids"], cb["ids"]))   # the m* caches
 
-@pytest.mark.parametrize("guidance", ["none", "online", "amortised", "amortised_tap"])
+@pytest.mark.parametrize("guidance", ["none", "online", "amortised", "amortised_tap", "released"])
 def test_distributed_two_processes_train_what_one_trains(runs, guidance):
     tmp, _ = runs
-    assert_same_run(tmp / "multi" / guidance, tmp / "one" / guidance)
+    assert_same_run(tmp / "multi" / guidance, tmp / "one" / guidance, skip=PRE_BN if guidance == "released" else ())
 
 def test_distributed_gradient_accumulation_equals_the_large_batch(runs):
     tmp, _ = runs
