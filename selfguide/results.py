@@ -23,8 +23,8 @@ from .cli import sample_run
 __all__ = ['KEEP', 'SMALL', 'PAPER_READOUT', 'ONLINE_PAPER', 'RUNS', 'SMOKE', 'SMOKE_EVAL', 'METRICS', 'SCORES', 'EVAL',
            'SCORING', 'PAPER_TABLES', 'run_folder', 'run_options', 'run_order', 'is_finished', 'finished_runs',
            'smoke_runs', 'setup_result', 'eval_name', 'evaluate_cached', 'cached_samples', 'evaluate_checkpoints',
-           'over_seeds', 'pm', 'seed_rows', 'eval_label', 'plot_band', 'paper_table', 'markdown_table', 'write_summary',
-           'save_samples', 'check_result']
+           'over_seeds', 'spread', 'pm', 'seed_rows', 'eval_label', 'plot_band', 'paper_table', 'markdown_table',
+           'write_summary', 'save_samples', 'check_result']
 
 # %% ../nbs/10_results.ipynb #c005
 KEEP = dict(keep_checkpoints=True)  # weaker versions (1/4, 1/2, 3/4 of the steps): curves over training, autoguidance
@@ -170,19 +170,23 @@ def evaluate_checkpoints(run, **sampling) -> list[dict]:
 
 # %% ../nbs/10_results.ipynb #c014
 def over_seeds(rows, by="row", cols=SCORES) -> pd.DataFrame:
-    "Mean, std (ddof 1; 0 for one seed) and seed count of `cols` per `by` group(s) of `rows` (dicts or a DataFrame)"
+    "Mean, std (ddof 1; NaN for one seed) and seed count of `cols` per `by` group(s) of `rows` (dicts or a DataFrame)"
     df, by = pd.DataFrame(rows), [by] if isinstance(by, str) else list(by)
     cols = [c for c in cols if c in df] if len(df) else [c for c in cols if c not in _INCEPTION]
     if not len(df): return pd.DataFrame(columns=[*by, *cols, *(c + "_std" for c in cols), "seeds"])
     g = df.groupby(by, sort=False)[cols]
-    out = g.mean().join(g.std(ddof=1).fillna(0.0).add_suffix("_std"))
+    out = g.mean().join(g.std(ddof=1).add_suffix("_std"))                 # pandas: NaN where a group has one row
     return out.join(g.size().rename("seeds")).reset_index()
+
+def spread(s: float, digits: int = 2) -> str:
+    "A std as text: '–' where there is none (one seed), never '0.00'"
+    return "–" if pd.isna(s) else f"{s:.{digits}f}"
 
 def pm(stats: pd.DataFrame, cols=SCORES, digits: int = 2, by="row", expect=()) -> pd.DataFrame:
     "`mean ± std` strings of `over_seeds`' output per metric, the seed count, and 'not trained' rows for `expect`"
     out = stats[[by] if isinstance(by, str) else list(by)].copy()
     for c in cols:
-        if c in stats: out[c] = [f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(stats[c], stats[c + "_std"])]
+        if c in stats: out[c] = [f"{m:.{digits}f} ± {spread(s, digits)}" for m, s in zip(stats[c], stats[c + "_std"])]
     out["seeds"] = stats["seeds"]
     for r in expect:
         if r not in set(out[by]): out.loc[len(out)] = {by: r, **{c: "not trained" for c in out if c != by}, "seeds": 0}
