@@ -15,8 +15,9 @@ S is the CPU recipe's unconditional budget (digits 1,500, Fashion-MNIST 3,000). 
 protocol (`--protocol released`: raw-t time embedding, output conv, learned tokens, p_drop 0.15, ...), so an init and
 its fine-tuning share one architecture and one time embedding, and the rows differ only in guidance and start. One
 change to the released values, for every row alike: the EMA decay keeps its warm-up (`--ema-warmup`). The released
-code's constant 0.9999 over 20K guided steps leaves the EMA a time constant of half the guided phase; the CPU recipe's
-0.999 without warm-up over 750 guided steps would leave half its weight on the model at the switch. The online rows log m*'s
+code's constant 0.9999 over 20K guided steps leaves the EMA a time constant of half the guided phase; the CPU
+recipe's 0.999 without warm-up over 750 guided steps would leave half its weight on the model at the switch. The
+online rows log m*'s
 NMI and the released code's codes NMI every 100 steps (on 500 images; the final NMI is over the whole training set),
 and keep their checkpoint at the end of warm-up (`checkpoints/step_<N>.pt`) for `nbs/online_diagnosis.ipynb`.
 
@@ -57,8 +58,11 @@ FIELDS = ["dataset", "row", "seed", "budget_steps", "steps", "fd_cls", "floor_fd
 LOCK = threading.Lock()
 
 SAME_TRAINING = {  # code revisions reviewed to train exactly alike: their rows count as this revision's
-    "f5cf1d0ec6": ["3d9b52da0e"],  # only the monitor changed: codes_nmi's head and Sinkhorn run locally (no all_reduce
-}                                  # on rank 0 alone), the same numbers in one process
+    # 3d9b52da0e -> f5cf1d0ec6: codes_nmi's head and Sinkhorn run locally (no all_reduce on rank 0 alone), the same
+    # numbers in one process; -> 7776c0ac0e: lines wrapped, the fault point moved into train's loop, load_run merged
+    # its state dicts in one expression (the same weights)
+    "7776c0ac0e": ["3d9b52da0e", "f5cf1d0ec6"],
+}
 
 def code_rev() -> str:
     "A hash of the modules that train a run: a change to any of them makes its rows stale (scoring code does not)"
@@ -129,7 +133,8 @@ def score(run: Path, dataset: str, row: str, seed: int, s: int, rev: str) -> tup
                    prototypes_used=st["prototypes_used"], nmi_codes_released=round(last.get("nmi_codes", 0), 4))
         curve = [dict(dataset=dataset, row=row, seed=seed, step=x["step"], nmi_m_star=round(x["nmi"], 4),
                       nmi_codes_released=round(x.get("nmi_codes", float("nan")), 4),
-                      prototypes_used=x["prototypes_used"], key=out["key"], cpu=out["cpu"]) for x in man["online"]["monitor"]]
+                      prototypes_used=x["prototypes_used"], key=out["key"], cpu=out["cpu"])
+                 for x in man["online"]["monitor"]]
     return out, curve
 
 def main(argv=None):

@@ -300,6 +300,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'selfguide.results.seed_rows': ('results.html#seed_rows', 'selfguide/results.py'),
                                    'selfguide.results.setup_result': ('results.html#setup_result', 'selfguide/results.py'),
                                    'selfguide.results.smoke_runs': ('results.html#smoke_runs', 'selfguide/results.py'),
+                                   'selfguide.results.spread': ('results.html#spread', 'selfguide/results.py'),
                                    'selfguide.results.write_summary': ('results.html#write_summary', 'selfguide/results.py')},
             'selfguide.runs': { 'selfguide.runs._fsync_dir': ('runs.html#_fsync_dir', 'selfguide/runs.py'),
                                 'selfguide.runs.atomic_write': ('runs.html#atomic_write', 'selfguide/runs.py'),

@@ -163,8 +163,7 @@ PROTOCOLS = {
 
 def protocol_values(name: str, preset: str) -> dict:
     "The settings protocol `name` fixes for a model of preset `preset` (its head widths follow the width D)"
-    if name not in PROTOCOLS: raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {name!r}")
-    D = PRESETS[preset]["embed_dim"]
+    D = PRESETS[preset]["embed_dim"]                                       # `name`: checked by TrainConfig
     return dict(PROTOCOLS[name], **(dict(sk_hidden=D // 2, sk_dim=D) if name == "released" else {}))
 
 # %% ../nbs/04b_config.ipynb #c014
@@ -204,7 +203,8 @@ def resolve_config(config: dict, device="cpu") -> tuple[TrainConfig, object, dic
                 or ("class" if data.num_classes else "none"))
     preset = config.get("preset") or RECIPES.get(name, {}).get("preset") or base.preset
     proto = protocol_values(base.protocol, preset)                         # between the recipe and explicit options
-    values = apply_recipe(name, {**proto, **config, "guidance": guidance}, guidance, {f.name for f in fields(TrainConfig)})
+    values = apply_recipe(name, {**proto, **config, "guidance": guidance}, guidance,
+                          {f.name for f in fields(TrainConfig)})
     if name in CPU_RECIPES and "patch_size" not in config: values["patch_size"] = cpu_patch(data.shape[-1])
     values.update(recipe=name or "none", image_size=size, vae=config.get("vae") or getattr(data, "vae", None))
     given = sorted(k for k in config if name and k in RECIPES[name] and config[k] != RECIPES[name][k])

@@ -25,7 +25,7 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
     "ema <- decay * ema + (1 - decay) * model, for each parameter of `ema` (paired by name); decay 0: buffers too"
     own, named = dict(model.named_parameters()), list(ema.named_parameters())
     torch._foreach_lerp_([p for _, p in named], [own[n] for n, _ in named], 1.0 - decay)
-    if decay == 0:                                  # a copy (the warm-up): BatchNorm statistics too, as released
+    if decay == 0:                                  # a copy: BatchNorm statistics too (the released head's EMA)
         bufs = dict(model.named_buffers())
         for n, b in ema.named_buffers(): b.copy_(bufs[n])
 
@@ -34,8 +34,7 @@ def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
     return min(decay, (1 + step) / (10 + step)) if warmup else decay
 
 def lr_at(step: int, lr: float, warmup_steps: int) -> float:
-    "Learning rate at `step`: linear warm-up, then constant (`train` asks it once a step: fault point `step <N>`)"
-    fault_point(f"step {step}")
+    "Learning rate at `step`: linear warm-up, then constant"
     return lr * min(1.0, (step + 1) / max(1, warmup_steps))
 
 def resolve_device(device: str = "auto") -> torch.device:

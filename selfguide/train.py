@@ -18,7 +18,7 @@ from .latents import draw_latents
 from .paths import get_path
 from .uvit import build_uvit, count_params, load_official, official_schedule, transfer_state
 from .config import TrainConfig, resolve_config
-from .runs import (ema_update, lr_at, resolve_device, autocast, git_revision, read_manifest,
+from .runs import (ema_update, lr_at, fault_point, resolve_device, autocast, git_revision, read_manifest,
                             update_manifest, save_checkpoint, keep_checkpoint)
 from .guidance import (check_guidance, condition_slot, batch_condition, cached_features, file_key, kmeans,
                                 cluster_scores, load_encoder, encoder_features, ONLINE_MODES)
@@ -227,6 +227,7 @@ def train(**config) -> Path:
         idx = None if cache is None else sampler.indices(step)                       # the global batch's image ids
         if online: c, feats, views = amortised_inputs(model.bootstrap, ema, cache, idx, step, rows, x0, views, kept,
                                                       m_noise, path, src, mb)   # m*, SK rows
+        fault_point(f"step {step}")                                          # tests only: see runs.fault_point
         for grp in opt.param_groups: grp["lr"] = lr_at(step, cfg.lr, cfg.warmup_steps)
         w_sk, loss_sum = sk_weight(step, cfg.steps, cfg.sk_sigma, cfg.sk_warmup_weight), 0.0
         opt.zero_grad(set_to_none=True)
@@ -287,7 +288,7 @@ def load_run(run_dir, ema: bool = True, device: str = "auto"):
     ck = torch.load(ck_path, map_location="cpu", weights_only=False)
     cfg = TrainConfig(**ck["config"])
     own = {k: v for k, v in ck["model"].items() if k.startswith("bootstrap.")}  # head, prototypes: not averaged
-    sd = {**ck["ema" if ema else "model"], **({} if ema and any(k.startswith("bootstrap.") for k in ck["ema"]) else own)}
+    sd = {**own, **ck["ema" if ema else "model"]}            # unless the EMA keeps its own (the released protocol)
     num_classes = sd["label_emb.weight"].shape[0] if "label_emb.weight" in sd else 0
     C = sd["patch_embed.weight"].shape[1]
     n_tok = sd["pos_embed"].shape[1]

@@ -124,7 +124,8 @@ class UViT(nn.Module):
     def cond_token(self, c, B: int, drop=None, dtype=torch.float32):
         "Condition token (B, D) for `c` (None, integer ids or float vectors); `drop` (B,) bool selects the null"
         if c is None and self.uncond_emb is not None: tok = self.uncond_emb.to(dtype).expand(B, -1)
-        elif c is None or self.per_patch(c): tok = torch.zeros(B, self.embed_dim, device=self.pos_embed.device, dtype=dtype)
+        elif c is None or self.per_patch(c):
+            tok = torch.zeros(B, self.embed_dim, device=self.pos_embed.device, dtype=dtype)
         else: tok = self.embed_condition(c)
         if drop is not None: tok = torch.where(drop[:, None], self.null_emb.to(tok.dtype), tok)
         return tok                                                         # (B, D)

@@ -122,14 +122,14 @@ def test_draw_latents():
 
 def test_decode_is_the_vae_on_unscaled_latents(vae_dir, tmp_path):
     vae = load_vae(vae_dir)
-    z = torch.randn(5, 4, 8, 8, generator=torch.Generator().manual_seed(0))           # scaled latents, as models see them
+    z = torch.randn(5, 4, 8, 8, generator=torch.Generator().manual_seed(0))  # scaled latents, as models see them
     with torch.no_grad(): y = AutoencoderKL.decode(vae, z / 0.18215).sample            # the VAE itself: (5, 3, 16, 16)
     want = ((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)                      # [-1, 1] -> [0, 255], clipped
     assert (y < -1).any() and (y > 1).any() and not y.eq(y.round()).all()            # clipping and rounding both matter
     for x in (decode(vae, z, batch_size=2), decode(vae, z, 0.18215), decode(vae_dir, z, device="cpu")):
         assert x.shape == (5, 3, 16, 16) and x.dtype == torch.uint8
         assert (x.int() - want.int()).abs().max() <= 1 and (x == want).float().mean() > 0.99  # batch-split float noise
-    other = tiny_vae(tmp_path / "vae05", scaling_factor=0.5)                             # the scale comes from its config
+    other = tiny_vae(tmp_path / "vae05", scaling_factor=0.5)  # the scale comes from its config
     with torch.no_grad(): y = AutoencoderKL.decode(load_vae(other), z / 0.5).sample
     assert torch.equal(decode(other, z, device="cpu"), ((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
 

@@ -22,7 +22,8 @@ def test_manifest_and_loss_log_hold_the_sk_monitoring(run):
     assert [float(r.split(",")[3]) for r in rows] == [round(sk_weight(i, 6), 4) for i in range(6)]  # 0, 1/3, 2/3, 1, 1, 1
     nmis = [r.split(",")[4:] for r in rows]                              # at the monitor steps 3 and 6 only
     assert [i for i, v in enumerate(nmis) if v != ["", ""]] == [2, 5]
-    assert [float(nmis[5][0]), float(nmis[5][1])] == [round(m["online"]["monitor"][-1][k], 4) for k in ("nmi", "nmi_codes")]
+    last = m["online"]["monitor"][-1]
+    assert [float(nmis[5][0]), float(nmis[5][1])] == [round(last[k], 4) for k in ("nmi", "nmi_codes")]
 
 def test_checkpoint_keeps_head_and_prototypes(run):
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=False)

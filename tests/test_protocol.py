@@ -1,4 +1,4 @@
-"""`--protocol released`: the authors' released values through the CLI, the trainer and the notebook, and what it changes."""
+"""`--protocol released`: the authors' released values through the CLI, trainer and notebook, and what they change."""
 import json, subprocess, sys
 from pathlib import Path
 import pytest, torch
@@ -65,7 +65,8 @@ def test_explicit_options_beat_the_protocol_and_bad_names_fail_in_one_line(tmp_p
 def test_the_train_notebook_takes_the_protocol(tmp_path):
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "papermill", "nbs/train.ipynb", str(tmp_path / "o.ipynb"), "-p",
-                        "guidance", "online", "-p", "protocol", "released", "-p", "steps", "2", "-p", "batch_size", "16",
+                        "guidance", "online", "-p", "protocol", "released", "-p", "steps", "2",
+                        "-p", "batch_size", "16",
                         "-p", "n_samples", "4", "-p", "n_eval", "4", "-p", "solver", "euler", "-p", "sample_steps", "2",
                         "-p", "out_dir", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -10,7 +10,8 @@ have && exit 0
 note=""
 if [ "$root" = "$debian" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing Debian's dataset-fashion-mnist ..."
-  { apt-get install -y -q dataset-fashion-mnist || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }; } \
+  pkg=dataset-fashion-mnist
+  { apt-get install -y -q $pkg || { apt-get update -q && apt-get install -y -q $pkg; }; } \
     >/tmp/selfguide-apt.log 2>&1 && have && exit 0
   note=" (apt-get could not install it here: /tmp/selfguide-apt.log)"
 fi
