@@ -65,8 +65,11 @@ bench: venv data
 	$(if $(OFFICIAL),$(BIN)/python benchmarks/uvit_official.py --official $(OFFICIAL))
 	$(BIN)/python benchmarks/summary.py $(BENCH)
 
-# Every table and figure at CPU scale, and the autoguidance study: train the shared runs (finished ones skipped),
-# run the result notebooks (experiments/reproduce.py NOTEBOOKS), write outputs/README.md. SEEDS=1 for a shorter pass.
+# Every table and figure at CPU scale, and the autoguidance study: train the shared runs seed by seed, recording
+# each in the ledger (outputs/ledger/) with its evaluations as it finishes, run the result notebooks (after seed 0's
+# runs, and at the end; experiments/reproduce_notebooks.py NOTEBOOKS), write outputs/README.md. It commits nothing:
+# commit outputs/ as runs finish; run again (here or on another machine) and it trains only the runs whose ledger
+# entry is missing or stale. SEEDS=1 for a shorter pass.
 SEEDS ?= 3
 reproduce: venv data
 	$(BIN)/python experiments/reproduce.py all --seeds $(SEEDS)

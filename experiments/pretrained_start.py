@@ -36,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import machine                                                    # the CPU a row ran on
+from selfguide.ledger import SAME_TRAINING, code_rev as _code_rev             # the code a row is keyed by
 
 STEPS = {"digits": 1500, "fashion_mnist": 3000}
 RELEASED = ["--protocol", "released", "--ema-warmup"]  # every row: the released model and protocol, EMA warm-up kept
@@ -50,25 +51,14 @@ ROWS = {  # name: (init row or None, options, steps in units of S)
 }
 BUDGET = {"init_none": 1, "init_class": 1, "ft_online_none": 2, "ft_online_class": 2, "cont_none": 2,
           "scratch_online": 2}  # steps counted from scratch, in units of S
-TRAINS = ["data", "files", "latents", "paths", "uvit", "sinkhorn", "guidance", "online", "amortise", "protocol",
-          "config", "runs", "distributed", "train"]  # the modules that train a run: their content keys its row
 FIELDS = ["dataset", "row", "seed", "budget_steps", "steps", "fd_cls", "floor_fd_cls", "precision", "recall",
           "nmi_m_star", "ari_m_star", "prototypes_used", "nmi_codes_released", "train_min", "step_s", "key",
           "code_rev", "cpu"]
 LOCK = threading.Lock()
 
-SAME_TRAINING = {  # code revisions reviewed to train exactly alike: their rows count as this revision's
-    # 3d9b52da0e -> f5cf1d0ec6: codes_nmi's head and Sinkhorn run locally (no all_reduce on rank 0 alone), the same
-    # numbers in one process; -> 7776c0ac0e: lines wrapped, the fault point moved into train's loop, load_run merged
-    # its state dicts in one expression (the same weights)
-    "7776c0ac0e": ["3d9b52da0e", "f5cf1d0ec6"],
-}
-
 def code_rev() -> str:
-    "A hash of the modules that train a run: a change to any of them makes its rows stale (scoring code does not)"
-    h = hashlib.sha1()
-    for m in TRAINS: h.update((ROOT / "selfguide" / f"{m}.py").read_bytes())
-    return h.hexdigest()[:10]
+    "`selfguide.ledger.code_rev` of this worktree's selfguide/ (the code its `selfguide train` subprocesses run)"
+    return _code_rev(ROOT / "selfguide")
 
 def options(dataset: str, row: str, seed: int, s: int) -> list:
     "The `selfguide train` options of a row (without --init and --out-dir)"

@@ -1,9 +1,9 @@
 """`make reproduce`: the CPU-scale training runs every figure and table needs, then every result notebook.
 
-    python experiments/reproduce.py train [--seeds 3] [--only NAME ...] [--jobs 2]
+    python experiments/reproduce.py train [--seeds 3] [--only NAME ...] [--seed S ...] [--retrain] [--jobs 2]
     python experiments/reproduce.py notebooks [--seeds 3] [--only RESULT ...]
     python experiments/reproduce.py readme
-    python experiments/reproduce.py all [--seeds 3]        # train + notebooks + readme
+    python experiments/reproduce.py all [--seeds 3]        # train + notebooks + readme, seed by seed
     python experiments/reproduce.py list
 
 Paper scale (GPUs; the same registry at the dataset's recipe, `selfguide.scale`), e.g. on 4 GPUs:
@@ -13,32 +13,35 @@ Paper scale (GPUs; the same registry at the dataset's recipe, `selfguide.scale`)
         --launch "torchrun --standalone --nproc_per_node 4" [--encoder-weights /weights/dino_vits16.pth]
 
 Runs are shared between results (Table 1's rows are Table 2's full method, autoguidance's main models, Fig. 15's
-curves, and its unconditional run is what the Fig. 3 sweep clusters); the registry is `selfguide.results.RUNS`.
-A finished run (its manifest written after its last checkpoint) is skipped, so the chain resumes where it stopped.
-Run folders go to `runs/reproduce/<name>_s<seed>/` (not committed); each notebook writes `outputs/<result>/` (PNG,
-CSV, summary.md, the executed notebook), and its evaluations are cached in the run folders (`evals/`), so two
-results needing the same cell sample once.
+curves, and its unconditional run is what the Fig. 3 sweep clusters); the registry is `selfguide.registry.RUNS`.
+Run folders go to `runs/reproduce/<name>_s<seed>/` (checkpoints, samples; never committed). What survives a change of
+machine is the ledger, `outputs/ledger/` (`selfguide.ledger`): as soon as a run finishes, its entry is written (its
+options and their key, the revision of the code that trains it, CPU, minutes, loss) and it is evaluated on what the
+results need of it: `EVAL` on its last checkpoint, and every evaluation the ledger holds of the same run at another
+seed. The result notebooks (`reproduce_notebooks.py`) add the evaluations they ask for. `make reproduce` commits
+nothing: commit outputs/ as runs finish; a pass continued from the committed outputs/, here or on another machine,
+trains only the runs whose entry is missing or stale (other options, or code that does not train alike:
+`selfguide.ledger.SAME_TRAINING`), and an init again where a fine-tuning needs its checkpoint and it is not here.
+`all` goes seed by seed and runs the notebooks once after seed 0's runs, so that seeds 1 and 2 are evaluated on
+exactly what seed 0's notebooks asked for. At paper scale the run folders are the only record (no ledger).
 """
 from __future__ import annotations
-import argparse, os, re, shlex, subprocess, sys, time
+import argparse, os, shlex, shutil, subprocess, sys, threading, time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from selfguide.results import RUNS, run_folder, run_options, run_order, is_finished  # noqa: E402
+sys.path[:0] = [str(ROOT), str(ROOT / "experiments")]
+import torch  # noqa: E402
+from selfguide.registry import RUNS, run_folder, run_options, run_order, depends_on, is_finished  # noqa: E402
+from selfguide.ledger import (alike, code_rev, entry_folder, read_link, read_run, record_run, recorded_evals,  # noqa
+                              run_key, stale, start_run)
+from selfguide.results import EVAL, evaluate_cached  # noqa: E402
+from selfguide.sample import ADAPTIVE  # noqa: E402
 from selfguide.scale import registry, scale_of  # noqa: E402
 from selfguide.config import RECIPES  # noqa: E402
-
-RUNS_DIR = Path(os.environ.get("SELFGUIDE_RUNS", ROOT / "runs" / "reproduce"))
-OUTPUTS = ROOT / "outputs"
-NOTEBOOKS = ("table1_guidance", "table2_ablations", "table3_datasets", "sweep_nmi_ari", "fig04_training",
-             "fig05_query", "fig07_nfe", "fig11_guidance", "fig16_clusters", "fig19_trajectory", "autoguidance")
-# at paper scale: the results written in roles (sweep_nmi_ari takes an official checkpoint by its own parameters,
-# autoguidance is beside the paper)
-PAPER_NOTEBOOKS = ("table1_guidance", "table2_ablations", "table3_datasets", "fig04_training", "fig05_query",
-                   "fig07_nfe", "fig11_guidance", "fig16_clusters", "fig19_trajectory")
-PATHS = ("data_root", "latents", "vae", "encoder_weights", "inception", "reference_stats")  # notebook parameters
+from reproduce_notebooks import (RUNS_DIR, OUTPUTS, NOTEBOOKS, PAPER_NOTEBOOKS, PATHS, CPU_INTRO,  # noqa: E402
+                                 PAPER_INTRO, notebook_command, run_notebooks, write_readme)
 
 
 def cli_args(opts: dict) -> list[str]:
@@ -50,33 +53,133 @@ def cli_args(opts: dict) -> list[str]:
     return out
 
 
-def todo_runs(names, seeds, runs_dir=RUNS_DIR, runs=RUNS) -> list[tuple[str, int]]:
-    "(name, seed) of the runs still to train, dependencies first"
-    return [(n, s) for s in seeds for n in run_order(names, runs) if not is_finished(run_folder(runs_dir, n, s))]
+def run_state(ledger, name: str, seed: int, folder: Path, runs=RUNS, over=None, retrained=()) -> str:
+    """What a pass does with the folder of a (run, seed) it trains: 'record' (a ledger pass trained it here, with
+    today's key and code, from the ledger's inits), 'resume' (the same, unfinished), else 'fresh'"""
+    link = read_link(folder)
+    if link is None or link["key"] != run_key(name, seed, runs, over) or link["code_rev"] not in alike(code_rev()):
+        return "fresh"
+    for d in depends_on(name, runs):                                  # started from the ledger's init, not retrained
+        init = (read_run(entry_folder(ledger, d, seed)) or {}).get("run_id")
+        if (d, seed) in retrained or link["deps"].get(d) != init: return "fresh"
+    return "record" if is_finished(folder) else "resume"
 
 
-def train_all(names, seeds, jobs: int = 1, runs_dir=RUNS_DIR, runs=RUNS, launch: str | None = None) -> None:
-    "Train every missing run; `jobs` at a time, each with an equal share of the cores; `launch`: e.g. torchrun ..."
-    todo = todo_runs(names, seeds, runs_dir, runs)
-    done = len(names) * len(seeds) - len(todo)
-    print(f"reproduce: {len(todo)} runs to train ({done} finished already)", flush=True)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+def plan_runs(names, seeds, runs_dir=RUNS_DIR, runs=RUNS, ledger=None, over=None, retrain=()) -> dict:
+    """{(name, seed): why it trains} of a pass, seed by seed, dependencies first. With a ledger: the runs whose entry
+    is missing or stale (or in `retrain`), a fine-tuning whose init trains again, and an init whose checkpoint a
+    fine-tuning needs and is not here; without: the runs not finished in `runs_dir`"""
+    order = [(n, s) for s in seeds for n in run_order(names, runs)]
+    if ledger is None: return {x: "not finished" for x in order if not is_finished(run_folder(runs_dir, *x))}
+    todo = {x: f"{x[0]}_s{x[1]}: asked for (--retrain)" if x in retrain else stale(ledger, *x, runs, over)
+            for x in order}
+    todo = {x: why for x, why in todo.items() if why}
+    def here(n, s):                                                   # the ledger's training of (n, s), finished here
+        f = run_folder(runs_dir, n, s)
+        return is_finished(f) and (read_link(f) or {}).get("run_id") == (read_run(entry_folder(ledger, n, s)) or {}
+                                                                           ).get("run_id")
+    grew = True
+    while grew:
+        grew = False
+        for n, s in order:
+            if (n, s) not in todo and (d := next((d for d in depends_on(n, runs) if (d, s) in todo), None)):
+                todo[(n, s)], grew = f"{n}_s{s}: its init {d}_s{s} trains again", True
+        for n, s in list(todo):
+            if run_state(ledger, n, s, run_folder(runs_dir, n, s), runs, over, todo) == "record": continue
+            for d in depends_on(n, runs):
+                if (d, s) not in todo and not here(d, s):
+                    todo[(d, s)], grew = f"{d}_s{s}: the init of {n}_s{s}, its checkpoint is not here", True
+    return {x: todo[x] for x in order if x in todo}
+
+
+def todo_runs(names, seeds, runs_dir=RUNS_DIR, runs=RUNS, ledger=None, over=None, retrain=()) -> list[tuple[str, int]]:
+    "(name, seed) of the runs still to train, seed by seed, dependencies first (`plan_runs`)"
+    return list(plan_runs(names, seeds, runs_dir, runs, ledger, over, retrain))
+
+
+def needed_evals(ledger, name: str, always: dict = EVAL) -> list[tuple[str, dict]]:
+    """(checkpoint stem, settings) of what the results need of run `name`: `always` on its last checkpoint, and each
+    evaluation the ledger holds of `name` at any seed (what seed 0's notebooks asked for, seeds 1 and 2 get at once)"""
+    s = {**EVAL, **always}
+    if s["solver"] not in ADAPTIVE: s["rtol"] = s["atol"] = None
+    return [("last", s), *[x for x in recorded_evals(ledger, name) if x != ("last", s)]]
+
+
+def record_and_evaluate(ledger, name: str, seed: int, folder: Path, runs=RUNS, over=None, always: dict = EVAL,
+                        tag: str = "") -> int:
+    "Record the finished run in `folder` in the ledger, then evaluate it on what the results need of it; 0 if done"
+    t0, needs, done = time.time(), needed_evals(ledger, name, always), 0  # before recording: an old entry's count
+    try:
+        record_run(ledger, name, seed, folder, runs, over)
+        for stem, s in needs:
+            ck = folder / "checkpoints" / f"{stem}.pt"
+            if not ck.exists():
+                print(f"{tag} {folder.name}: no checkpoint {ck.name}; its evaluations are left to the notebooks")
+                continue
+            evaluate_cached(folder, None if stem == "last" else ck, **s); done += 1
+    except Exception as e:                                            # the run stays trained; the pass goes on
+        print(f"{tag} {folder.name}: recording or evaluating FAILED: {type(e).__name__}: {e}", flush=True)
+        return 1
+    print(f"{tag} {folder.name}: recorded in {ledger}, {done} evaluations in {(time.time() - t0) / 60:.1f} min",
+          flush=True)
+    return 0
+
+
+def set_aside(folder: Path, why: str) -> None:
+    "Move a run folder that is not the training the ledger needs to <folder>.stale (the one before it goes)"
+    to = folder.with_name(folder.name + ".stale")
+    shutil.rmtree(to, ignore_errors=True); folder.rename(to)
+    print(f"  {folder.name}: moved aside to {to.name} ({why})", flush=True)
+
+
+def eta(minutes: float) -> str:
+    return f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
+
+
+def train_all(names, seeds, jobs: int = 1, runs_dir=RUNS_DIR, runs=RUNS, launch: str | None = None, ledger=None,
+              over=None, retrain=(), always: dict = EVAL, trainer=None, threads: int | None = None) -> None:
+    """Train every missing run (with a `ledger`: missing or stale) `jobs` at a time, each with `threads` (default an
+    equal share of the cores), and record and evaluate each in the ledger as it finishes; `launch`: e.g. torchrun;
+    `over`: options over the registry's (tests: SMOKE); `trainer(options, log) -> exit code` trains one run
+    (default: a subprocess)"""
+    plan = plan_runs(names, seeds, runs_dir, runs, ledger, over, retrain)
+    todo, jobs = list(plan), max(1, jobs)
+    minutes = {x: expected_minutes({**runs[x[0]][0], **(over or {})}) for x in todo}
+    done = len(run_order(names, runs)) * len(seeds) - len(todo)
+    print(f"reproduce: {len(todo)} runs to train ({done} {'current in the ledger' if ledger else 'finished'} already)"
+          f", about {eta(sum(minutes.values()) / jobs)} of training at {jobs} at a time", flush=True)
+    if ledger is not None and todo: print("  " + "\n  ".join(plan.values()), flush=True)
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
+    def subprocess_trainer(opts, log):
+        cmd = [*(shlex.split(launch) if launch else [sys.executable]), "-m", "selfguide", "train", *cli_args(opts)]
+        return subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    trainer, lock = trainer or subprocess_trainer, threading.Lock()
     def one(item):
         (n, s), i = item
-        out = run_folder(runs_dir, n, s); out.mkdir(parents=True, exist_ok=True)
-        t0 = time.time(); print(f"[{i + 1}/{len(todo)}] train {out.name} ...", flush=True)
-        cmd = [*(shlex.split(launch) if launch else [sys.executable]), "-m", "selfguide", "train",
-               *cli_args(run_options(n, s, runs_dir, runs))]
-        with open(out / "train.log", "w") as log:
-            rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-        what = "done" if rc == 0 else f"FAILED (exit {rc}), see {out}/train.log"
-        print(f"[{i + 1}/{len(todo)}] {out.name}: {what} in {(time.time() - t0) / 60:.1f} min", flush=True)
+        out, tag, t0, rc = run_folder(runs_dir, n, s), f"[{i + 1}/{len(todo)}]", time.time(), 0
+        state = "resume" if ledger is None else run_state(ledger, n, s, out, runs, over, set(todo))
+        if state == "fresh":
+            if out.exists(): set_aside(out, plan[(n, s)])
+            start_run(ledger, n, s, out, runs, over)
+        if state != "record":
+            out.mkdir(parents=True, exist_ok=True); print(f"{tag} train {out.name} ...", flush=True)
+            with open(out / "train.log", "w") as log:
+                rc = trainer({**run_options(n, s, runs_dir, runs), **(over or {})}, log)
+            what = "done" if rc == 0 else f"FAILED (exit {rc}), see {out}/train.log"
+            print(f"{tag} {out.name}: {what} in {(time.time() - t0) / 60:.1f} min", flush=True)
+        with lock:                                    # one evaluation at a time, in this process, with a run's threads
+            if rc == 0 and ledger is not None:
+                before = torch.get_num_threads(); torch.set_num_threads(threads)
+                try: rc = record_and_evaluate(ledger, n, s, out, runs, over, always, tag)
+                finally: torch.set_num_threads(before)
+            minutes.pop((n, s))
+            print(f"{tag} about {eta(sum(minutes.values()) / jobs)} of training left", flush=True)
         return rc
-    # a run starts as soon as the runs it depends on (`@other`, same seed) have finished, the longest first, so that
-    # no core waits behind a batch; a run whose dependency failed is not started
-    deps = {x: {(v[1:], x[1]) for v in runs[x[0]][0].values() if str(v).startswith("@")} & set(todo) for x in todo}
-    pending, running, rcs, failed = sorted(todo, key=lambda x: -expected_minutes(runs[x[0]][0])), {}, [], set()
+    # a run starts as soon as the runs it depends on (`@other`, same seed) have finished, seed by seed and the longest
+    # first, so that no core waits behind a batch; a run whose dependency failed is not started
+    deps = {x: {(d, x[1]) for d in depends_on(x[0], runs)} & set(todo) for x in todo}
+    pending, running, rcs, failed = sorted(todo, key=lambda x: (x[1], -minutes[x])), {}, [], set()
     with ThreadPoolExecutor(jobs) as pool:
         while pending or running:
             for x in [x for x in pending if deps[x] & failed]:
@@ -94,57 +197,11 @@ def train_all(names, seeds, jobs: int = 1, runs_dir=RUNS_DIR, runs=RUNS, launch:
 
 
 def expected_minutes(opts: dict) -> float:
-    "A run's training time on 2 idle cores from its CPU recipe (`minutes`; 0 where unknown): the longest start first"
+    "A run's training time on 2 idle cores from its CPU recipe (`minutes` for its steps; 0 where unknown)"
     recipe = RECIPES.get({"digits": "cpu16", "fashion_mnist": "cpu28"}.get(opts.get("dataset"), ""), {})
-    return recipe.get("minutes", 0) * (0.3 if opts.get("preset") == "nano" else 1)
+    steps = opts.get("steps", recipe.get("steps", 1)) / recipe.get("steps", 1)
+    return recipe.get("minutes", 0) * steps * (0.3 if opts.get("preset") == "nano" else 1)
 
-
-def notebook_command(name: str, seeds: int, runs_dir=RUNS_DIR, outputs=OUTPUTS, **params) -> list[str]:
-    "The papermill command that runs result notebook `name` into outputs/<name>/<name>.ipynb (`params`: more -p)"
-    extra = [x for k, v in params.items() if v is not None for x in ("-p", k, str(v))]
-    return [sys.executable, "-m", "papermill", str(ROOT / "nbs" / f"{name}.ipynb"),
-            str(outputs / name / f"{name}.ipynb"), "-p", "runs_dir", str(runs_dir), "-p", "seeds", str(seeds),
-            "-p", "out_dir", str(outputs / name), *extra, "--cwd", str(ROOT)]
-
-
-def run_notebooks(names, seeds: int, runs_dir=RUNS_DIR, outputs=OUTPUTS, **params) -> None:
-    "Execute each result notebook with papermill, with progress in the terminal"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
-    env.pop("IN_TEST", None)
-    failed = []
-    for i, name in enumerate(names):
-        (outputs / name).mkdir(parents=True, exist_ok=True)
-        t0 = time.time(); print(f"[{i + 1}/{len(names)}] {name} ...", flush=True)
-        with open(outputs / name / "papermill.log", "w") as log:
-            rc = subprocess.run(notebook_command(name, seeds, runs_dir, outputs, **params), cwd=ROOT, env=env,
-                                stdout=log, stderr=subprocess.STDOUT).returncode
-        if rc: failed.append(name)
-        what = "done" if rc == 0 else f"FAILED (exit {rc}), see outputs/{name}/papermill.log"
-        print(f"[{i + 1}/{len(names)}] {name}: {what} in {(time.time() - t0) / 60:.1f} min", flush=True)
-    if failed: sys.exit(f"reproduce: notebooks failed: {', '.join(failed)}")
-
-
-CPU_INTRO = ("# Results at CPU scale, beside the paper's\n\nWritten by `python experiments/reproduce.py readme` from "
-             "each result's `summary.md` (`make reproduce` runs the whole chain). Our quality metric is `fd_cls`, a "
-             "Frechet distance in a small classifier's features, not FID; the paper's numbers are FID/IS on ImageNet "
-             "and LSUN. Table cells are mean ± std (ddof 1) over the seeds that finished.")
-PAPER_INTRO = ("# Results at paper scale, beside the paper's\n\nWritten by `python experiments/reproduce.py readme "
-               "--dataset ...` from each result's `summary.md`; the quality column is Inception's FID where the "
-               "notebooks were given Inception weights.")
-
-
-def write_readme(names=NOTEBOOKS, outputs=OUTPUTS, intro: str = CPU_INTRO) -> Path:
-    "<outputs>/README.md from each result's summary.md (image links made relative to it)"
-    parts = [intro]
-    for name in names:
-        f = outputs / name / "summary.md"
-        if not f.exists():
-            parts.append(f"## {name}\n\nNot run yet (`python experiments/reproduce.py notebooks --only {name}`).")
-            continue
-        text = re.sub(r"\]\((?!https?:|/)([^)]+)\)", lambda m: f"]({name}/{m.group(1)})", f.read_text().strip())
-        parts.append(text + f"\n\n(notebook: [{name}/{name}.ipynb]({name}/{name}.ipynb))")
-    path = outputs / "README.md"; path.write_text("\n\n".join(parts) + "\n")
-    return path
 
 
 def main(argv=None) -> None:
@@ -152,6 +209,11 @@ def main(argv=None) -> None:
     p.add_argument("what", choices=("train", "notebooks", "readme", "all", "list"))
     p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 of every run")
     p.add_argument("--only", nargs="*", default=None, help="run names (train, list) or result notebooks (notebooks)")
+    p.add_argument("--seed", type=int, action="append", default=None, help="train these seeds only (repeatable)")
+    p.add_argument("--retrain", action="store_true", help="train the --only runs again where the ledger is current "
+                   "(their checkpoints are not here, and a result needs an evaluation the ledger lacks)")
+    p.add_argument("--ledger", type=Path, default=None, help="the ledger (default <outputs>/ledger; none at paper "
+                   "scale)")
     p.add_argument("--jobs", type=int, default=None, help="runs trained at once (default 2 on CPU, 1 at paper scale)")
     p.add_argument("--dataset", default=None, help="a paper dataset (imagenet100, imagenet256, lsun_churches): "
                    "its runs and notebooks at paper scale (default: the CPU-scale registry)")
@@ -171,6 +233,7 @@ def main(argv=None) -> None:
     outputs = a.outputs or (OUTPUTS / "paper" / a.dataset if paper else OUTPUTS)
     params = dict(dataset=a.dataset, **{k: getattr(a, k) for k in PATHS}) if paper else {}
     intro = PAPER_INTRO if paper else CPU_INTRO
+    ledger, seeds = None if paper else a.ledger or outputs / "ledger", sorted(set(a.seed or range(a.seeds)))
     if a.what in ("notebooks", "readme"):
         names = a.only or list(known)
         unknown = [n for n in names if n not in known]
@@ -183,14 +246,26 @@ def main(argv=None) -> None:
     names = a.only or list(runs)
     unknown = [n for n in names if n not in runs]
     if unknown: sys.exit(f"reproduce: unknown runs {unknown}; known: {', '.join(runs)}")
+    if a.retrain and (not a.only or ledger is None): p.error("--retrain takes the runs it trains again (--only) "
+                                                             "and a ledger (CPU scale)")
     if a.what == "list":
         for n in names:
-            state = ["done" if is_finished(run_folder(a.runs_dir, n, s)) else "todo" for s in range(a.seeds)]
+            here = ["here" if is_finished(run_folder(a.runs_dir, n, s)) else "" for s in seeds]
+            state = [h or "todo" for h in here] if ledger is None else [
+                "+".join(x for x in ("current" if not stale(ledger, n, s, runs) else "todo", h) if x)
+                for s, h in zip(seeds, here)]
             print(n, state, runs[n][1])
         return
-    train_all(names, range(a.seeds), a.jobs or (1 if paper else 2), a.runs_dir, runs, a.launch)
+    train = lambda s: train_all(names, s, a.jobs or (1 if paper else 2), a.runs_dir, runs, a.launch, ledger,
+                                retrain={(n, x) for n in names for x in s} if a.retrain else ())
+    if a.what == "train" or ledger is None: train(seeds)
+    else:                                   # all: seed by seed; seed 0's notebooks after its runs, while they are here
+        for s in seeds:
+            train([s])
+            if s == 0 and len(seeds) > 1 and any(is_finished(run_folder(a.runs_dir, n, 0)) for n in names):
+                run_notebooks(list(known), 1, a.runs_dir, outputs, **params)
     if a.what == "all":
-        run_notebooks(list(known), a.seeds, a.runs_dir, outputs, **params)
+        run_notebooks(list(known), max(seeds) + 1, a.runs_dir, outputs, **params)
         print(f"wrote {write_readme(known, outputs, intro)}")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 import pandas as pd
 from .config import RECIPES, DATASET_RECIPES, CPU_RECIPES
-from .results import RUNS, KEEP
+from .registry import RUNS, KEEP
 
 # %% auto #0
 __all__ = ['CPU_PREFIX', 'PAPER_PREFIX', 'ROLES', 'EVAL_AT', 'ALIASES', 'scale_of', 'paper_runs', 'registry', 'role_rows',
