@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS_DIR = Path(os.environ.get("SELFGUIDE_RUNS", ROOT / "runs" / "reproduce"))
 OUTPUTS = ROOT / "outputs"
 NOTEBOOKS = ("table1_guidance", "table2_ablations", "table3_datasets", "sweep_nmi_ari", "fig04_training",
-             "fig05_query", "fig07_nfe", "fig11_guidance", "fig16_clusters", "fig19_trajectory", "autoguidance")
+             "fig05_query", "fig07_nfe", "fig09_clusters", "fig11_guidance", "fig16_clusters", "fig19_trajectory",
+             "autoguidance")
 # at paper scale: the results written in roles (sweep_nmi_ari takes an official checkpoint by its own parameters,
 # autoguidance is beside the paper)
 PAPER_NOTEBOOKS = ("table1_guidance", "table2_ablations", "table3_datasets", "fig04_training", "fig05_query",
