@@ -2,13 +2,16 @@
 
 Each result notebook runs under papermill with `runs_dir`, `seeds` and its output folder `outputs/<result>/` (PNG,
 CSV, summary.md, the executed notebook); it reads each run from its folder here, else from the committed ledger
-(`$SELFGUIDE_LEDGER`: `<outputs>/ledger`), and adds there the evaluations it asks for. A notebook that loads a
-checkpoint which is not here (the grids, trajectories and query samples of a run trained on another machine) stops;
-its committed outputs stay as they were, and the pass says so in one line. `write_readme` gathers the summaries
-into `outputs/README.md`.
+(`$SELFGUIDE_LEDGER`: `<outputs>/ledger`), and adds there the evaluations it asks for. What needs no checkpoint
+renders from the ledger; a part that loads a checkpoint which is not here (a grid of a run trained on another
+machine) is skipped with a note in its summary. A notebook with nothing to draw without them (fig05_query,
+fig19_trajectory), or that needs an evaluation the ledger lacks of a run whose checkpoint is not here, stops
+(`NotHere`); its committed outputs stay as they were, and the pass says so in one line. `write_readme` gathers the
+summaries into `outputs/README.md`, and opens it with the verdict of each claim of the paper (`verdict_table`),
+read from the `comparisons.csv` and the budget caption each result wrote.
 """
 from __future__ import annotations
-import os, re, shutil, subprocess, sys, tempfile, time
+import csv, math, os, re, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,9 +78,83 @@ PAPER_INTRO = ("# Results at paper scale, beside the paper's\n\nWritten by `pyth
                "notebooks were given Inception weights.")
 
 
-def write_readme(names=NOTEBOOKS, outputs=OUTPUTS, intro: str = CPU_INTRO) -> Path:
-    "<outputs>/README.md from each result's summary.md (image links made relative to it)"
-    parts = [intro]
+_ABLATIONS = {"w/o stop-gradient": "stop-gradient", "w/o [CLS] token": "[CLS] token",
+              "w/o warm-up weight": "warm-up weight", "w/o timestep mask": "timestep mask"}
+_PRE = {"(a) - (c): online fine-tuning vs the control": "(a) online fine-tuning beats (c) the unconditional control",
+        "(b) - (c): online from the class init † vs the control":
+            "(b) online fine-tuning of the class init † beats (c)"}
+_AG = {"none + AG (1/4 steps) - none": "the run at 1/4 of its steps as guide beats no guide",
+       "none + AG (1/2 steps) - none": "the run at 1/2 of its steps as guide beats no guide",
+       "none + AG (nano) - none": "a smaller network as guide beats no guide",
+       "online + AG (3/4 steps) - online": "it adds to online guidance"}
+CLAIMS = (  # (the claim, the result whose comparisons.csv measures it, the comparison there, its block or None)
+    ("Online guidance beats unconditional (digits, small-image defaults)", "table1_guidance",
+     "online (small-image defaults) - unconditional", "table 1"),
+    ("Online guidance beats unconditional (digits, Alg. 1 as written)", "table1_guidance",
+     "online (Alg. 1 as written) - unconditional", "table 1"),
+    ("Offline guidance beats unconditional (digits)", "table1_guidance", "offline - unconditional", "table 1"),
+    ("Patch-level guidance beats class guidance (digits)", "table1_guidance", "patch - class", "table 1"),
+    ("Online guidance beats unconditional (Fashion-MNIST)", "table3_datasets", "online - unconditional", "table 3"),
+    ("Offline guidance beats unconditional (Fashion-MNIST)", "table3_datasets", "offline - unconditional", "table 3"),
+    *((f"Table 2: w/o {what}, worse than the full method", "table2_ablations", f"{row} - full method", None)
+      for row, what in _ABLATIONS.items()),
+    *((f"Pretrained start ({ds}): {claim}", result, comparison, "pretrained starts") for ds, result in
+      (("digits", "table1_guidance"), ("Fashion-MNIST", "table3_datasets")) for comparison, claim in _PRE.items()),
+    ("Prototypes drawn by their frequency (the paper's choice) beat uniform ones (digits)", "autoguidance",
+     "online, uniform prototypes - online", None),
+    *((f"Autoguidance ‡: {claim}", "autoguidance", comparison, None) for comparison, claim in _AG.items()),
+)
+VERDICT_INTRO = ("## Verdicts at CPU scale\n\nEach claim, our per-seed paired differences a - b in the quality "
+                 "column (a, b: the two rows the comparison names; mean ± spread, the std over seeds of the "
+                 "differences), the seeds with both rows (and how many differ in the paper's direction), the budget "
+                 "each row trained on counted from scratch, and the verdict, all as the result wrote them "
+                 "(`comparisons.csv`, its summary's budget caption): \"as in the paper\" only where all 3 seeds agree "
+                 "and the mean difference exceeds the spread, \"disagrees\" where all 3 go the other way by as much, "
+                 "\"within noise\" otherwise, \"not measured\" where the result has no such comparison yet.")
+VERDICT_NOTE = ("† backbone trained with labels. ‡ beyond the paper: Karras et al. (2024) report that a weaker guide "
+                "improves an unguided model; \"as in the paper\" there means as they report.")
+
+
+def _float(x: str) -> float:
+    try: return float(x)
+    except (TypeError, ValueError): return math.nan
+
+
+def stated_budget(summary: Path, block=None) -> str:
+    "The budget a result's summary.md states for its rows (`block` 'pretrained starts': that block's), as written"
+    text = summary.read_text() if summary.is_file() else ""
+    if block == "pretrained starts":
+        m = re.search(r"budget counted from scratch at batch (\d+), ([\d,]+) steps for the inits and ([\d,]+) for "
+                      r"\(a\)-\(d\)", text)
+        return f"{m[3]} steps x batch {m[1]} for (a)-(d), {m[2]} for their inits" if m else "not stated"
+    m = re.search(r"Budget, counted from scratch: (.+?)\.(?:\s|$)", text)
+    return m[1] if m else "not stated"
+
+
+def verdict_table(outputs=OUTPUTS, claims=CLAIMS) -> str:
+    "The first screen: a Markdown table of each claim's verdict, read from the results' comparisons.csv, never redone"
+    lines = ["| claim | ours: a - b, mean ± spread | seeds (in the paper's direction) | budget, from scratch "
+             "| verdict | from |", "|---|---|---|---|---|---|"]
+    for claim, result, comparison, block in claims:
+        f = outputs / result / "comparisons.csv"
+        rows = list(csv.DictReader(f.read_text().splitlines())) if f.is_file() else []
+        r = next((r for r in rows if r["comparison"] == comparison and block in (None, r.get("block"))), None)
+        src = f"[{result}]({result}/comparisons.csv)" if f.is_file() else f"{result} (no comparisons.csv yet)"
+        mean, sd = _float((r or {}).get("mean_diff")), _float((r or {}).get("spread"))
+        if r is None or r["verdict"] == "not measured" or math.isnan(mean):
+            lines.append(f"| {claim} | – | – | – | not measured | {src} |"); continue
+        ours = f"{r['metric']} {mean:+.2f} ± {'–' if math.isnan(sd) else f'{sd:.2f}'}"
+        budget = stated_budget(outputs / result / "summary.md", block)
+        lines.append(f"| {claim} | {ours} | {r['seeds']} ({r['agree']}) | {budget} | {r['verdict']} | {src} |")
+    return VERDICT_INTRO + "\n\n" + "\n".join(lines) + "\n\n" + VERDICT_NOTE
+
+
+def write_readme(names=NOTEBOOKS, outputs=OUTPUTS, intro: str = CPU_INTRO, claims=None) -> Path:
+    """<outputs>/README.md from each result's summary.md (image links made relative to it), opened by the verdict of
+    each of `claims` (default: `CLAIMS` under the CPU-scale intro, none at paper scale) after the title"""
+    claims = (CLAIMS if intro == CPU_INTRO else ()) if claims is None else claims
+    title, _, rest = intro.partition("\n\n")
+    parts = [title, *([verdict_table(outputs, claims)] if claims else []), *([rest] if rest else [])]
     for name in names:
         f = outputs / name / "summary.md"
         if not f.exists():

@@ -21,12 +21,12 @@ from .ledger import eval_stem, read_eval, write_eval
 from .render import *
 
 # %% auto #0
-__all__ = ['SMOKE', 'SMOKE_EVAL', 'LEDGER', 'EVAL', 'SCORING', 'RunsDir', 'run_source', 'finished_runs', 'local_runs',
+__all__ = ['SMOKE', 'SMOKE_EVAL', 'LEDGER', 'EVAL', 'SCORING', 'RunsDir', 'run_source', 'finished_runs', 'local_runs', 'run_here',
            'smoke_runs', 'setup_result', 'NotHere', 'eval_name', 'ledger_entry', 'retrain_command', 'evaluate_cached',
-           'cached_samples', 'kept_checkpoints', 'evaluate_checkpoints', 'seed_rows', 'eval_label', 'KEEP', 'SMALL',
-           'PAPER_READOUT', 'ONLINE_PAPER', 'RUNS', 'run_folder', 'run_options', 'depends_on', 'run_order',
-           'is_finished', 'METRICS', 'SCORES', 'over_seeds', 'spread', 'pm', 'plot_band', 'PAPER_TABLES', 'paper_table',
-           'markdown_table', 'write_summary', 'save_samples', 'check_result']
+           'cached_samples', 'kept_checkpoints', 'evaluate_checkpoints', 'ledger_cached', 'seed_rows', 'eval_label',
+           'KEEP', 'SMALL', 'PAPER_READOUT', 'ONLINE_PAPER', 'RUNS', 'run_folder', 'run_options', 'depends_on',
+           'run_order', 'is_finished', 'METRICS', 'SCORES', 'over_seeds', 'spread', 'pm', 'plot_band', 'PAPER_TABLES',
+           'paper_table', 'markdown_table', 'write_summary', 'save_samples', 'check_result']
 
 # %% ../nbs/10_results.ipynb #c002a
 _all_ = ["KEEP", "SMALL", "PAPER_READOUT", "ONLINE_PAPER", "RUNS", "run_folder", "run_options", "depends_on",
@@ -58,6 +58,15 @@ def local_runs(runs_dir, name: str, seeds) -> dict[int, Path]:
     "{seed: folder} of the runs of `name` read from a folder here (with its checkpoints), not from the ledger"
     return {s: f for s, f in finished_runs(runs_dir, name, seeds).items() if read_run(f) is None}
 
+def run_here(runs_dir, name: str, seed: int, part: str, notes: list | None = None) -> Path | None:
+    "The folder of run `name`, `seed` with its checkpoint here, for `part` of a result; else None and a printed note"
+    if (run := local_runs(runs_dir, name, [seed]).get(seed)) is not None: return run
+    why = "in the ledger only" if finished_runs(runs_dir, name, [seed]) else "not trained"
+    note = f"{part}: skipped, {name} seed {seed} is not here with its checkpoint ({why})."
+    print(note)
+    if notes is not None: notes.append(note)
+    return None
+
 # %% ../nbs/10_results.ipynb #c007
 SMOKE = dict(steps=4, ckpt_every=2, warmup_steps=1, batch_size=32, monitor_every=2, monitor_images=64)
 SMOKE_EVAL = dict(n=24, solver="euler", steps=4)
@@ -69,7 +78,7 @@ def smoke_runs(runs_dir, names, seeds=(0,), runs: dict = RUNS, ledger=None, **ov
     for s in seeds:
         for n in run_order(names, runs):
             f = run_folder(runs_dir, n, s)
-            if not is_finished(f):
+            if not is_finished(f) and (ledger is None or stale(ledger, n, s, runs, over)):  # gone, yet current
                 if ledger is not None: start_run(ledger, n, s, f, runs, over)
                 train(**{**run_options(n, s, runs_dir, runs), **over})
             if ledger is not None and stale(ledger, n, s, runs, over): record_run(ledger, n, s, f, runs, over)
@@ -81,8 +90,10 @@ def setup_result(needs, runs_dir, seeds: int, out_dir, smoke: bool | None = None
     os.chdir(next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml").exists()))
     over = {}
     if os.environ.get("IN_TEST") if smoke is None else smoke:
-        runs_dir, seeds, out_dir, sampling = tempfile.mkdtemp(), 1, tempfile.mkdtemp(), {**sampling, **SMOKE_EVAL}
-        ledger, over = tempfile.mkdtemp(), {**SMOKE, **(smoke_over or {})}
+        keep = os.environ.get("SELFGUIDE_SMOKE_DIR")  # a test's folder: runs, ledger, outputs kept between executions
+        runs_dir, ledger, out_dir = ((Path(keep) / "runs", Path(keep) / "ledger", Path(keep) / Path(out_dir).name)
+                                     if keep else (tempfile.mkdtemp(), tempfile.mkdtemp(), tempfile.mkdtemp()))
+        seeds, sampling, over = 1, {**sampling, **SMOKE_EVAL}, {**SMOKE, **(smoke_over or {})}
         smoke_runs(runs_dir, needs, runs=runs, ledger=ledger, **(smoke_over or {}))
     runs_dir = RunsDir(runs_dir, ledger or os.environ.get("SELFGUIDE_LEDGER") or LEDGER, runs, over)
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
@@ -194,19 +205,22 @@ def evaluate_checkpoints(run, **sampling) -> list[dict]:
     "`evaluate_cached` of every kept checkpoint of `run` (and its last), each with its `step`"
     return [dict(evaluate_cached(run, ck, **sampling), step=step) for step, ck in kept_checkpoints(run).items()]
 
+def ledger_cached(run, result: str, stem: str, s: dict, compute) -> dict:
+    """A result's own evaluation of `run` (drawn otherwise than `evaluate_cached` draws), `stem` at settings `s`: from
+    the ledger entry of `run` (`evals/<result>/`), else `compute()` (its metrics), written there with `s`"""
+    entry, name = ledger_entry(run), f"{result}/{stem}"     # a folder apart: not what every seed repeats at once
+    if entry is not None and (m := read_eval(entry, name, s)) is not None: return m
+    if (r := read_run(run)) is not None:
+        raise NotHere(f"{r['name']} seed {r['seed']}: {result}'s evaluation {stem} is not in the ledger ({run}) and "
+                      f"the checkpoint is not here; train it again: {retrain_command(run)}")
+    m = {**compute(), **s}
+    return m if entry is None else write_eval(entry, name, m)
+
 # %% ../nbs/10_results.ipynb #c014
 def seed_rows(runs_dir, names: dict, seeds, **sampling) -> list[dict]:
     "One row (label, run, run_seed, metrics, floors, settings) per finished run and seed; `names`: row label -> run"
     return [dict(row=label, run=name, run_seed=s, **evaluate_cached(f, **sampling))
             for label, name in names.items() for s, f in finished_runs(runs_dir, name, seeds).items()]
-
-def eval_label(sampling: dict, seeds, vary=()) -> str:
-    "For a figure title: samples per evaluation, solver and g (unless in `vary`), and the seeds of the mean ± std"
-    s = {**EVAL, **sampling}
-    how = f"{s['solver']} rtol {s['rtol']:g}" if s["solver"] in ADAPTIVE else f"{s['solver']} {s['steps']} steps"
-    parts = [f"{s['n']} samples per evaluation", *([how] if "solver" not in vary else []),
-             *([f"g = {s['g']:g}"] if "g" not in vary else []), f"mean ± std (ddof 1) over {len(seeds)} seeds"]
-    return ", ".join(parts)
 
 def eval_label(sampling: dict, seeds, vary=()) -> str:
     "For a figure title: samples per evaluation, solver and g (unless in `vary`), and the seeds of the mean ± std"
