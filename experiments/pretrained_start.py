@@ -21,7 +21,9 @@ online rows log m*'s
 NMI and the released code's codes NMI every 100 steps (on 500 images; the final NMI is over the whole training set),
 and keep their checkpoint at the end of warm-up (`checkpoints/step_<N>.pt`) for `nbs/online_diagnosis.ipynb`.
 
-Run: `.venv/bin/python experiments/pretrained_start.py [--datasets digits] [--seeds 0,1,2] [--jobs 2]`.
+Run: `.venv/bin/python experiments/pretrained_start.py [--datasets digits] [--seeds 0,1,2] [--jobs 2]`; `--render`
+only writes outputs/pretrained_start/summary.md (tables, per-seed fd_cls, paired differences), comparisons.csv and
+nmi.png from the committed CSVs (a pass does it when it ends).
 Two runs at a time, one thread each, a run as soon as its init is there. Each finished run is scored at once (1,000
 dopri5 samples, rtol 1e-3, g 0.4: fd_cls, the offline classifier-feature metric, not FID; precision, recall) and its
 row written to outputs/pretrained_start/runs.csv, its NMI curve to nmi.csv, keyed by the run's options, the code's
@@ -127,6 +129,51 @@ def score(run: Path, dataset: str, row: str, seed: int, s: int, rev: str) -> tup
                  for x in man["online"]["monitor"]]
     return out, curve
 
+def render(out: Path) -> Path:
+    "Write out/summary.md, comparisons.csv and nmi.png from the committed runs.csv and nmi.csv (no run folder needed)"
+    import pandas as pd, matplotlib; matplotlib.use("Agg"); import matplotlib.pyplot as plt
+    from selfguide.compare import pretrained_block, PRETRAINED
+    from selfguide.render import markdown_table
+    parts, cmps = ["# The paper's online method from a pretrained start (issue 21, item 3)",
+                   "Written by `experiments/pretrained_start.py --render` from `runs.csv` and `nmi.csv` (the module's "
+                   "docstring gives the rows, the budget and how a pass resumes). fd_cls is the offline "
+                   "classifier-feature Frechet distance (lower is better), not FID. `key` hashes a row's options and "
+                   "its init's, `code_rev` the training modules, `cpu` where it ran: the same seed on another CPU "
+                   "trains a different run. Under the released protocol the EMA is frozen through warm-up, so m* is "
+                   "one prototype then: by design, nothing reads it there."], []
+    runs = pd.read_csv(out / "runs.csv")
+    for ds in dict.fromkeys(runs.dataset):
+        rows, stats, table, cmp, caption = pretrained_block(out / "runs.csv", ds)
+        online = rows[rows.row.isin(["ft_online_none", "ft_online_class", "scratch_online"])]
+        nmi = (online.groupby("label", sort=False)[["nmi_m_star", "prototypes_used", "nmi_codes_released"]]
+               .agg(["mean", "std"]).round(3))
+        nmi.columns = [f"{a} {b}" for a, b in nmi.columns]
+        per_seed = rows.pivot(index="label", columns="seed", values="fd_cls").reindex(
+            [PRETRAINED[r] for r in PRETRAINED if PRETRAINED[r] in set(rows.label)])
+        per_seed.columns = [f"fd_cls seed {s}" for s in per_seed.columns]
+        show = ["comparison", "paper", "per_seed", "mean_diff", "spread", "agree", "verdict"]
+        parts += [f"## {ds}", caption, markdown_table(table), "fd_cls per seed:", markdown_table(per_seed.reset_index()),
+                  "m* NMI (over the whole training set), prototypes used, and the released code's logged NMI at the "
+                  "end, mean and std over seeds:", markdown_table(nmi.reset_index(), ".3f"),
+                  "Paired by seed (a - b in fd_cls; the paper's a is lower):", markdown_table(cmp[show])]
+        cmps.append(cmp.assign(block=ds))
+    curves = pd.read_csv(out / "nmi.csv")  # steps from scratch: a fine-tuning's own steps after its init's
+    offset = (runs.budget_steps - runs.steps).groupby([runs.dataset, runs.row, runs.seed]).first()
+    curves["step"] += [offset.get((d, r, sd), 0) for d, r, sd in zip(curves.dataset, curves.row, curves.seed)]
+    fig, axs = plt.subplots(1, curves.dataset.nunique(), figsize=(6 * curves.dataset.nunique(), 3.6), squeeze=False)
+    for ax, (ds, c) in zip(axs[0], curves.groupby("dataset", sort=False)):
+        for (row, seed), d in c.groupby(["row", "seed"]):
+            ax.plot(d.step, d.nmi_m_star, color=f"C{list(PRETRAINED).index(row)}", alpha=0.8,
+                    label=PRETRAINED[row] if seed == c[c.row == row].seed.min() else None)
+        ax.set(title=f"{ds}: m* NMI every 100 steps (500 images), one line per seed", ylim=(0, 1),
+               xlabel="steps from scratch (a fine-tuning starts after its init's)")
+        ax.legend(fontsize=7)
+    fig.tight_layout(); fig.savefig(out / "nmi.png", dpi=110); plt.close(fig)
+    pd.concat(cmps).to_csv(out / "comparisons.csv", index=False, float_format="%.4f")
+    parts.insert(2, "![nmi](nmi.png)")
+    (out / "summary.md").write_text("\n\n".join(parts) + "\n")
+    return out / "summary.md"
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--datasets", default="digits", help="comma-separated: digits, fashion_mnist")
@@ -136,7 +183,9 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=None, help="S for every dataset (default: the recipe's, see STEPS)")
     p.add_argument("--runs-dir", type=Path, default=ROOT / "runs/pretrained_start")
     p.add_argument("--out", type=Path, default=ROOT / "outputs/pretrained_start")
+    p.add_argument("--render", action="store_true", help="only write summary.md, comparisons.csv, nmi.png from the CSVs")
     a = p.parse_args(argv)
+    if a.render: return print("wrote", render(a.out))
     rev, cpu = code_rev(), machine()["cpu"]
     want = [(d, r, int(sd)) for d in a.datasets.split(",") for sd in a.seeds.split(",") for r in a.rows.split(",")]
     for d, r, _ in want:
@@ -175,6 +224,7 @@ def main(argv=None):
             if not running: raise RuntimeError(f"runs wait for inits that cannot train: {waiting}")
             done_now, _ = wait(running, return_when=FIRST_COMPLETED)
             for f in done_now: running.discard(f); finished.add(f.result())
+    print("wrote", render(a.out))
 
 if __name__ == "__main__":
     main()

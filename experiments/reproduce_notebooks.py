@@ -98,8 +98,8 @@ CLAIMS = (  # (the claim, the result whose comparisons.csv measures it, the comp
     ("Offline guidance beats unconditional (Fashion-MNIST)", "table3_datasets", "offline - unconditional", "table 3"),
     *((f"Table 2: w/o {what}, worse than the full method", "table2_ablations", f"{row} - full method", None)
       for row, what in _ABLATIONS.items()),
-    *((f"Pretrained start ({ds}): {claim}", result, comparison, "pretrained starts") for ds, result in
-      (("digits", "table1_guidance"), ("Fashion-MNIST", "table3_datasets")) for comparison, claim in _PRE.items()),
+    *((f"Pretrained start ({ds}): {claim}", "pretrained_start", comparison, block) for ds, block in
+      (("digits", "digits"), ("Fashion-MNIST", "fashion_mnist")) for comparison, claim in _PRE.items()),
     ("Prototypes drawn by their frequency (the paper's choice) beat uniform ones (digits)", "autoguidance",
      "online, uniform prototypes - online", None),
     *((f"Autoguidance ‡: {claim}", "autoguidance", comparison, None) for comparison, claim in _AG.items()),
@@ -123,6 +123,8 @@ def _float(x: str) -> float:
 def stated_budget(summary: Path, block=None) -> str:
     "The budget a result's summary.md states for its rows (`block` 'pretrained starts': that block's), as written"
     text = summary.read_text() if summary.is_file() else ""
+    if block in ("digits", "fashion_mnist"):  # experiments/pretrained_start.py's summary: one section per dataset
+        text, block = text.partition(f"\n## {block}\n")[2].split("\n## ")[0], "pretrained starts"
     if block == "pretrained starts":
         m = re.search(r"budget counted from scratch at batch (\d+), ([\d,]+) steps for the inits and ([\d,]+) for "
                       r"\(a\)-\(d\)", text)

@@ -102,18 +102,23 @@ def test_the_first_screen_lists_each_claims_verdict_as_its_result_wrote_it(tmp_p
     pd.DataFrame([["offline - unconditional", "offline guidance", "unconditional", "fd_cls", "a lower",
                    "-9.10, -8.20, -10.00", "0, 1, 2", -9.1, 0.9, "3/3", "as in the paper", "table 1"],
                   ["patch - class", "bootstrapping (patch)", "class guidance", "fd_cls", "a lower", "+0.50", "0", 0.5,
-                   float("nan"), "0/1", "within noise", "table 1"],
-                  ["(a) - (c): online fine-tuning vs the control", "ft_online_none", "cont_none", "fd_cls", "a lower",
-                   "+2.00, +2.50, +1.50", "0, 1, 2", 2.0, 0.5, "0/3", "disagrees", "pretrained starts"]],
+                   float("nan"), "0/1", "within noise", "table 1"]],
                  columns=[*CMP, "block"]).to_csv(tmp_path / "table1_guidance" / "comparisons.csv", index=False)
+    (tmp_path / "pretrained_start").mkdir()  # experiments/pretrained_start.py --render: one block per dataset
+    pd.DataFrame([["(a) - (c): online fine-tuning vs the control", "ft_online_none", "cont_none", "fd_cls", "a lower",
+                   "+2.00, +2.50, +1.50", "0, 1, 2", 2.0, 0.5, "0/3", "disagrees", "digits"]],
+                 columns=[*CMP, "block"]).to_csv(tmp_path / "pretrained_start" / "comparisons.csv", index=False)
+    (tmp_path / "pretrained_start" / "summary.md").write_text(
+        "# Pretrained starts\n\n## digits\n\nPretrained starts (digits, ...): budget counted from scratch at batch "
+        "128, 1,500 steps for the inits and 3,000 for (a)-(d) (a fine-tuning counts its init's 1,500).\n\n"
+        "## fashion_mnist\n\nPretrained starts (fashion_mnist, ...): budget counted from scratch at batch 128, 3,000 "
+        "steps for the inits and 6,000 for (a)-(d).\n")
     pd.DataFrame([["w/o [CLS] token - full method", "w/o [CLS] token", "full method", "fd_cls", "a higher",
                    "+1.00, -0.40, +0.30", "0, 1, 2", 0.3, 0.7, "2/3", "within noise"]],
                  columns=CMP).to_csv(tmp_path / "table2_ablations" / "comparisons.csv", index=False)
     (tmp_path / "table1_guidance" / "summary.md").write_text(
         "## Table 1\n\nEach cell: 1000 samples. Budget, counted from scratch: 1,500 steps x batch 128 for every row "
-        "(offline guidance: 750 (none) + 750 (offline)). train_min: wall minutes.\n\nPretrained starts (digits, ...): "
-        "budget counted from scratch at batch 128, 1,500 steps for the inits and 3,000 for (a)-(d) (a fine-tuning "
-        "counts its init's 1,500).\n\nPaper: ...")
+        "(offline guidance: 750 (none) + 750 (offline)). train_min: wall minutes.\n\nPaper: ...")
     text = rn.write_readme(["table1_guidance", "table2_ablations"], tmp_path).read_text()
     row = lambda claim: next(l for l in text.splitlines() if l.startswith(f"| {claim} |"))
     t1 = "[table1_guidance](table1_guidance/comparisons.csv)"
@@ -126,12 +131,12 @@ def test_the_first_screen_lists_each_claims_verdict_as_its_result_wrote_it(tmp_p
     assert patch.endswith(f"| within noise | {t1} |"), patch
     assert row("Pretrained start (digits): (a) online fine-tuning beats (c) the unconditional control").endswith(
         f"| fd_cls +2.00 ± 0.50 | 0, 1, 2 (0/3) | 3,000 steps x batch 128 for (a)-(d), 1,500 for their inits "
-        f"| disagrees | {t1} |")
+        f"| disagrees | [pretrained_start](pretrained_start/comparisons.csv) |")
     assert row("Table 2: w/o [CLS] token, worse than the full method").endswith(
         f"| fd_cls +0.30 ± 0.70 | 0, 1, 2 (2/3) | not stated | within noise | {t2} |")   # no summary: no caption
     for claim, src in (("Online guidance beats unconditional (digits, Alg. 1 as written)", t1),  # not in its CSV
                        ("Pretrained start (Fashion-MNIST): (a) online fine-tuning beats (c) the unconditional control",
-                        "table3_datasets (no comparisons.csv yet)"),
+                        "[pretrained_start](pretrained_start/comparisons.csv)"),  # no fashion_mnist block yet
                        ("Autoguidance ‡: it adds to online guidance", "autoguidance (no comparisons.csv yet)")):
         assert row(claim) == f"| {claim} | – | – | – | not measured | {src} |", row(claim)
     assert text.index("# Results at CPU scale") < text.index("## Verdicts at CPU scale") < text.index(
