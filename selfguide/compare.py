@@ -133,8 +133,9 @@ PRETRAINED = {  # row of experiments/pretrained_start.py -> label
     "ft_online_class": "(b) online, fine-tuned from the class init †",
     "cont_none": "(c) unconditional, continued (control)", "scratch_online": "(d) online from scratch"}
 PRETRAINED_INIT = {"ft_online_none": "init_none", "ft_online_class": "init_class", "cont_none": "init_none"}
-PRETRAINED_PAIRS = {"(a) - (c): online fine-tuning vs the control": ("ft_online_none", "cont_none", "lower"),
-                    "(b) - (c): online from the class init † vs the control": ("ft_online_class", "cont_none", "lower")}
+PRETRAINED_PAIRS = {
+    "(a) - (c): online fine-tuning vs the control": ("ft_online_none", "cont_none", "lower"),
+    "(b) - (c): online from the class init † vs the control": ("ft_online_class", "cont_none", "lower")}
 PRETRAINED_NOTE = "† backbone trained with labels."
 
 def pretrained_rows(csv, dataset: str) -> pd.DataFrame:

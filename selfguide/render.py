@@ -31,8 +31,9 @@ def over_seeds(rows, by="row", cols=SCORES) -> pd.DataFrame:
     return out.join(g.size().rename("seeds")).reset_index()
 
 def spread(s: float, digits: int = 2) -> str:
-    "A std as text: '–' where there is none (one seed), never '0.00'"
-    return "–" if pd.isna(s) else f"{s:.{digits}f}"
+    "A std as text: '–' where there is none (one seed); one significant digit where `digits` would round it to 0"
+    if pd.isna(s): return "–"
+    return f"{s:.{digits}f}" if round(s, digits) else f"{s:.1g}"
 
 def pm(stats: pd.DataFrame, cols=SCORES, digits: int = 2, by="row", expect=()) -> pd.DataFrame:
     "`mean ± std` strings of `over_seeds`' output per metric, the seed count, and 'not trained' rows for `expect`"
