@@ -9,8 +9,8 @@ from pathlib import Path
 from .runs import read_manifest
 
 # %% auto #0
-__all__ = ['KEEP', 'SMALL', 'PAPER_READOUT', 'ONLINE_PAPER', 'RUNS', 'run_folder', 'run_options', 'depends_on', 'run_order',
-           'is_finished']
+__all__ = ['KEEP', 'SMALL', 'PAPER_READOUT', 'ONLINE_PAPER', 'WALL', 'RUNS', 'run_folder', 'run_options', 'depends_on',
+           'run_order', 'is_finished']
 
 # %% ../nbs/10c_registry.ipynb #c005
 KEEP = dict(keep_checkpoints=True)  # weaker versions (1/4, 1/2, 3/4 of the steps): curves over training, autoguidance
@@ -24,6 +24,9 @@ ONLINE_PAPER = dict(_DIGITS, guidance="online", **PAPER_READOUT)  # Table 2's fu
 # tables give the wall time beside. Offline guidance is S/2 steps of unconditional pretraining (`*_none_half`, the
 # features it clusters and the weights it starts from) plus S/2 steps of fine-tuning.
 _HALF_D, _HALF_F = dict(_DIGITS, steps=750), dict(_FASHION, steps=1_500)
+# Equal wall time: online guidance's whole run costs 1.2x none's per step (`benchmarks/train_speed.py` on an AMD EPYC,
+# outputs/bench/summary.md: 1.21 cpu16, 1.22 cpu28), so `*_none_wall` trains 1.2 S steps, as long as online's S.
+WALL = 1.2
 
 RUNS = {  # name -> (training options over the dataset's recipe, the results that read it)
     "digits_none": (dict(_DIGITS, guidance="none", ckpt_every=375, **KEEP),
@@ -35,6 +38,7 @@ RUNS = {  # name -> (training options over the dataset's recipe, the results tha
     "digits_online_paper": (dict(ONLINE_PAPER, ckpt_every=375, monitor_every=100, **KEEP), "table1 table2 fig04"),
     "digits_online_patch": (dict(_DIGITS, guidance="online_patch", **SMALL), "table1 fig05"),
     "digits_none_half": (dict(_HALF_D, guidance="none"), "table1"),
+    "digits_none_wall": (dict(_DIGITS, guidance="none", steps=round(WALL * _DIGITS["steps"])), "table1"),
     "digits_offline": (dict(_HALF_D, guidance="offline", init="@digits_none_half", feature_t=0.2,
                             feature_readout="patches"), "table1 fig16"),
     "digits_external_pca": (dict(_DIGITS, guidance="external", encoder="pca"), "table1"),
@@ -46,6 +50,7 @@ RUNS = {  # name -> (training options over the dataset's recipe, the results tha
     "fashion_online": (dict(_FASHION, guidance="online", **SMALL), "table3 fig09"),
     "fashion_class": (dict(_FASHION, guidance="class"), "table3"),
     "fashion_none_half": (dict(_HALF_F, guidance="none"), "table3"),
+    "fashion_none_wall": (dict(_FASHION, guidance="none", steps=round(WALL * _FASHION["steps"])), "table3"),
     "fashion_offline": (dict(_HALF_F, guidance="offline", init="@fashion_none_half", feature_t=0.2,
                              feature_readout="patches"), "table3"),
 }

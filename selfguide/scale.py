@@ -17,7 +17,7 @@ __all__ = ['CPU_PREFIX', 'PAPER_PREFIX', 'ROLES', 'EVAL_AT', 'ALIASES', 'scale_o
 # %% ../nbs/10a_scale.ipynb #c005
 CPU_PREFIX = {"digits": "digits", "fashion_mnist": "fashion"}  # the CPU datasets of RUNS and their run prefix
 PAPER_PREFIX = {"imagenet100": "imagenet100", "imagenet256": "imagenet256", "lsun_churches": "lsun"}  # by recipe
-ROLES = ("none", "class", "online", "online_paper", "online_patch", "offline", "external", "nano",
+ROLES = ("none", "none_wall", "class", "online", "online_paper", "online_patch", "offline", "external", "nano",
          "paper_no_stopgrad", "paper_no_cls", "paper_no_warmup_weight", "paper_no_mask")
 EVAL_AT = {"cpu": dict(n_eval=1_000, rtol=1e-3, seeds=3),      # a minute per evaluation on 2 cores
            "paper": dict(n_eval=10_000, rtol=1e-5, seeds=1)}  # Sec. 5.1: 10K samples for FID; dopri5 at 1e-5
