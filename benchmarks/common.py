@@ -3,9 +3,10 @@
 The scripts run with `python benchmarks/<name>.py`, so this file is importable as `common` from beside them.
 """
 from __future__ import annotations
-import csv, os, platform, statistics, sys, time
+import csv, os, statistics, sys, time
 from pathlib import Path
 import torch
+from selfguide.ledger import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "outputs" / "bench"   # `use_quick()`: outputs/bench/quick, so that a smoke run keeps the full numbers
@@ -25,12 +26,10 @@ def device() -> torch.device:
 
 def machine() -> dict:
     "The machine a measurement ran on: CPU model, cores, threads torch uses, load, torch version, device"
-    cpu = platform.processor() or platform.machine()
-    flags = set()
+    cpu, flags = cpu_model(), set()                                             # the name a ledger entry records
     try:
-        info = open("/proc/cpuinfo").read().splitlines()
-        cpu = next(l.split(":", 1)[1].strip() for l in info if l.startswith("model name"))
-        flags = set(next(l.split(":", 1)[1] for l in info if l.startswith("flags")).split())
+        with open("/proc/cpuinfo") as f:
+            flags = set(next(l.split(":", 1)[1] for l in f if l.startswith("flags")).split())
     except (OSError, StopIteration): pass
     dev = device()
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
