@@ -35,7 +35,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "experiments")]
 import torch  # noqa: E402
 from selfguide.registry import RUNS, run_folder, run_options, run_order, depends_on, is_finished  # noqa: E402
 from selfguide.ledger import (alike, code_rev, entry_folder, read_link, read_run, record_run, recorded_evals,  # noqa
-                              run_key, stale, start_run)
+                              run_key, stale, start_run, log_phase, pass_time)
 from selfguide.results import EVAL, evaluate_cached  # noqa: E402
 from selfguide.sample import ADAPTIVE  # noqa: E402
 from selfguide.scale import registry, scale_of  # noqa: E402
@@ -137,11 +137,12 @@ def eta(minutes: float) -> str:
 
 
 def train_all(names, seeds, jobs: int = 1, runs_dir=RUNS_DIR, runs=RUNS, launch: str | None = None, ledger=None,
-              over=None, retrain=(), always: dict = EVAL, trainer=None, threads: int | None = None) -> None:
+              over=None, retrain=(), always: dict = EVAL, trainer=None, threads: int | None = None,
+              progress=None) -> None:
     """Train every missing run (with a `ledger`: missing or stale) `jobs` at a time, each with `threads` (default an
     equal share of the cores), and record and evaluate each in the ledger as it finishes; `launch`: e.g. torchrun;
     `over`: options over the registry's (tests: SMOKE); `trainer(options, log) -> exit code` trains one run
-    (default: a subprocess)"""
+    (default: a subprocess); `progress(runs finished)` is called after each"""
     plan = plan_runs(names, seeds, runs_dir, runs, ledger, over, retrain)
     todo, jobs = list(plan), max(1, jobs)
     minutes = {x: expected_minutes({**runs[x[0]][0], **(over or {})}) for x in todo}
@@ -175,6 +176,7 @@ def train_all(names, seeds, jobs: int = 1, runs_dir=RUNS_DIR, runs=RUNS, launch:
                 finally: torch.set_num_threads(before)
             minutes.pop((n, s))
             print(f"{tag} about {eta(sum(minutes.values()) / jobs)} of training left", flush=True)
+            if progress: progress(len(todo) - len(minutes))
         return rc
     # a run starts as soon as the runs it depends on (`@other`, same seed) have finished, seed by seed and the longest
     # first, so that no core waits behind a batch; a run whose dependency failed is not started
@@ -256,17 +258,26 @@ def main(argv=None) -> None:
                 for s, h in zip(seeds, here)]
             print(n, state, runs[n][1])
         return
-    train = lambda s: train_all(names, s, a.jobs or (1 if paper else 2), a.runs_dir, runs, a.launch, ledger,
-                                retrain={(n, x) for n in names for x in s} if a.retrain else ())
+    def train(s):                           # each phase's wall time goes to <ledger>/sittings.csv as it goes on
+        t0, phase, done = time.time(), "train seed " + ",".join(map(str, s)), [0]
+        def progress(k): done[0] = k; log_phase(ledger, phase, t0, k)
+        log_phase(ledger, phase, t0)
+        try: train_all(names, s, a.jobs or (1 if paper else 2), a.runs_dir, runs, a.launch, ledger,
+                       retrain={(n, x) for n in names for x in s} if a.retrain else (), progress=progress)
+        finally: log_phase(ledger, phase, t0, done[0])
+    def notebooks(n):
+        t0 = time.time(); run_notebooks(list(known), n, a.runs_dir, outputs, **params)
+        log_phase(ledger, f"notebooks, {n} seed{'s' * (n > 1)}", t0)
     if a.what == "train" or ledger is None: train(seeds)
     else:                                   # all: seed by seed; seed 0's notebooks after its runs, while they are here
         for s in seeds:
             train([s])
             if s == 0 and len(seeds) > 1 and any(is_finished(run_folder(a.runs_dir, n, 0)) for n in names):
-                run_notebooks(list(known), 1, a.runs_dir, outputs, **params)
+                notebooks(1)
     if a.what == "all":
-        run_notebooks(list(known), max(seeds) + 1, a.runs_dir, outputs, **params)
+        notebooks(max(seeds) + 1)
         print(f"wrote {write_readme(known, outputs, intro)}")
+        print(pass_time(ledger))
 
 
 if __name__ == "__main__":

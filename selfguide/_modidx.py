@@ -188,6 +188,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'selfguide.ledger.current': ('ledger.html#current', 'selfguide/ledger.py'),
                                   'selfguide.ledger.entry_folder': ('ledger.html#entry_folder', 'selfguide/ledger.py'),
                                   'selfguide.ledger.eval_stem': ('ledger.html#eval_stem', 'selfguide/ledger.py'),
+                                  'selfguide.ledger.log_phase': ('ledger.html#log_phase', 'selfguide/ledger.py'),
+                                  'selfguide.ledger.pass_time': ('ledger.html#pass_time', 'selfguide/ledger.py'),
                                   'selfguide.ledger.portable': ('ledger.html#portable', 'selfguide/ledger.py'),
                                   'selfguide.ledger.read_eval': ('ledger.html#read_eval', 'selfguide/ledger.py'),
                                   'selfguide.ledger.read_link': ('ledger.html#read_link', 'selfguide/ledger.py'),
