@@ -145,7 +145,7 @@ def train_all(names, seeds, jobs: int = 1, runs_dir=RUNS_DIR, runs=RUNS, launch:
     (default: a subprocess); `progress(runs finished)` is called after each"""
     plan = plan_runs(names, seeds, runs_dir, runs, ledger, over, retrain)
     todo, jobs = list(plan), max(1, jobs)
-    minutes = {x: expected_minutes({**runs[x[0]][0], **(over or {})}) for x in todo}
+    minutes = {x: expected_minutes({**runs[x[0]][0], **(over or {})}, x[0], ledger) for x in todo}
     done = len(run_order(names, runs)) * len(seeds) - len(todo)
     print(f"reproduce: {len(todo)} runs to train ({done} {'current in the ledger' if ledger else 'finished'} already)"
           f", about {eta(sum(minutes.values()) / jobs)} of training at {jobs} at a time", flush=True)
@@ -198,8 +198,12 @@ def train_all(names, seeds, jobs: int = 1, runs_dir=RUNS_DIR, runs=RUNS, launch:
     if any(rcs): sys.exit(f"reproduce: {sum(r != 0 for r in rcs)} runs failed")
 
 
-def expected_minutes(opts: dict) -> float:
-    "A run's training time on 2 idle cores from its CPU recipe (`minutes` for its steps; 0 where unknown)"
+def expected_minutes(opts: dict, name: str | None = None, ledger=None) -> float:
+    """A run's training time: the mean the ledger recorded for `name` at its other seeds (this CPU's or another's),
+    else its CPU recipe's on 2 idle cores (`minutes` for its steps; 0 where unknown)"""
+    seen = [r["train_minutes"] for f in (sorted(Path(ledger).glob(f"{name}_s*/run.json")) if ledger and name else [])
+            if (r := read_run(f.parent)) and r.get("name") == name and r.get("train_minutes")]
+    if seen: return sum(seen) / len(seen)
     recipe = RECIPES.get({"digits": "cpu16", "fashion_mnist": "cpu28"}.get(opts.get("dataset"), ""), {})
     steps = opts.get("steps", recipe.get("steps", 1)) / recipe.get("steps", 1)
     return recipe.get("minutes", 0) * steps * (0.3 if opts.get("preset") == "nano" else 1)
