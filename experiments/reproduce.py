@@ -26,7 +26,7 @@ trains only the runs whose entry is missing or stale (other options, or code tha
 exactly what seed 0's notebooks asked for. At paper scale the run folders are the only record (no ledger).
 """
 from __future__ import annotations
-import argparse, os, shlex, shutil, subprocess, sys, threading, time
+import argparse, csv, os, shlex, shutil, subprocess, sys, threading, time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -134,6 +134,12 @@ def set_aside(folder: Path, why: str) -> None:
 
 def eta(minutes: float) -> str:
     return f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
+
+
+def logged_phases(ledger) -> set:
+    "The phases <ledger>/sittings.csv holds a row of (`log_phase`: a notebooks phase is logged once it has run)"
+    f = Path(ledger) / "sittings.csv"
+    return {r["phase"] for r in csv.DictReader(f.open())} if f.is_file() else set()
 
 
 def train_all(names, seeds, jobs: int = 1, runs_dir=RUNS_DIR, runs=RUNS, launch: str | None = None, ledger=None,
@@ -269,14 +275,16 @@ def main(argv=None) -> None:
         try: train_all(names, s, a.jobs or (1 if paper else 2), a.runs_dir, runs, a.launch, ledger,
                        retrain={(n, x) for n in names for x in s} if a.retrain else (), progress=progress)
         finally: log_phase(ledger, phase, t0, done[0])
+        return done[0]
     def notebooks(n):
         t0 = time.time(); run_notebooks(list(known), n, a.runs_dir, outputs, **params)
         log_phase(ledger, f"notebooks, {n} seed{'s' * (n > 1)}", t0)
     if a.what == "train" or ledger is None: train(seeds)
     else:                                   # all: seed by seed; seed 0's notebooks after its runs, while they are here
-        for s in seeds:
-            train([s])
-            if s == 0 and len(seeds) > 1 and any(is_finished(run_folder(a.runs_dir, n, 0)) for n in names):
+        for s in seeds:                     # seed 0's notebooks again only where its runs changed since they ran
+            trained = train([s])
+            if s == 0 and len(seeds) > 1 and any(is_finished(run_folder(a.runs_dir, n, 0)) for n in names) and (
+                    trained or "notebooks, 1 seed" not in logged_phases(ledger)):
                 notebooks(1)
     if a.what == "all":
         notebooks(max(seeds) + 1)

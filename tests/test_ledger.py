@@ -150,3 +150,25 @@ def test_a_notebook_whose_checkpoint_is_not_here_keeps_its_committed_outputs(tmp
 def test_pretrained_start_keys_its_rows_with_the_same_code_rev():
     ps = _load("pretrained_start")
     assert ps.code_rev() == L.code_rev() and ps.SAME_TRAINING is L.SAME_TRAINING
+
+
+def test_all_runs_seed_0s_notebooks_once_and_logs_each_phase_of_a_sitting(tmp_path, monkeypatch):
+    import csv
+    calls, trained = [], {0: 1}                          # runs each seed trains in this sitting (train_all's progress)
+    def fake_train_all(names, seeds, *a, progress=None, **k):
+        calls.append(("train", tuple(seeds)))
+        if trained.get(seeds[0]): progress(trained[seeds[0]])
+    monkeypatch.setattr(reproduce, "train_all", fake_train_all)
+    monkeypatch.setattr(reproduce, "run_notebooks", lambda names, n, *a, **k: calls.append(("notebooks", n)))
+    monkeypatch.setattr(reproduce, "write_readme", lambda *a, **k: tmp_path / "README.md")
+    monkeypatch.setattr(reproduce, "is_finished", lambda folder: True)
+    led, args = tmp_path / "ledger", ["all", "--seeds", "2", "--outputs", str(tmp_path), "--runs-dir", str(tmp_path)]
+    reproduce.main(args)
+    assert calls == [("train", (0,)), ("notebooks", 1), ("train", (1,)), ("notebooks", 2)], calls
+    rows = list(csv.DictReader((led / "sittings.csv").open()))
+    assert [(r["phase"], r["runs"]) for r in rows] == [("train seed 0", "1"), ("notebooks, 1 seed", "0"),
+                                                      ("train seed 1", "0"), ("notebooks, 2 seeds", "0")], rows
+    calls.clear(); trained.clear()                       # the next sitting: seed 0 current, its notebooks have run
+    reproduce.main(args)
+    assert calls == [("train", (0,)), ("train", (1,)), ("notebooks", 2)], calls
+    assert "of which seed 0's training and its notebooks" in reproduce.pass_time(led)
