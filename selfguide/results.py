@@ -227,5 +227,6 @@ def eval_label(sampling: dict, seeds, vary=()) -> str:
     s = {**EVAL, **sampling}
     how = f"{s['solver']} rtol {s['rtol']:g}" if s["solver"] in ADAPTIVE else f"{s['solver']} {s['steps']} steps"
     parts = [f"{s['n']} samples per evaluation", *([how] if "solver" not in vary else []),
-             *([f"g = {s['g']:g}"] if "g" not in vary else []), f"mean ± std (ddof 1) over {len(seeds)} seeds"]
+             *([f"g = {s['g']:g}"] if "g" not in vary else []),
+             f"mean ± std (ddof 1) over {len(seeds)} seed{'s' * (len(seeds) != 1)}"]
     return ", ".join(parts)
