@@ -152,7 +152,8 @@ def render(out: Path) -> Path:
             [PRETRAINED[r] for r in PRETRAINED if PRETRAINED[r] in set(rows.label)])
         per_seed.columns = [f"fd_cls seed {s}" for s in per_seed.columns]
         show = ["comparison", "paper", "per_seed", "mean_diff", "spread", "agree", "verdict"]
-        parts += [f"## {ds}", caption, markdown_table(table), "fd_cls per seed:", markdown_table(per_seed.reset_index()),
+        parts += [f"## {ds}", caption, markdown_table(table), "fd_cls per seed:",
+                  markdown_table(per_seed.reset_index()),
                   "m* NMI (over the whole training set), prototypes used, and the released code's logged NMI at the "
                   "end, mean and std over seeds:", markdown_table(nmi.reset_index(), ".3f"),
                   "Paired by seed (a - b in fd_cls; the paper's a is lower):", markdown_table(cmp[show])]
@@ -183,7 +184,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=None, help="S for every dataset (default: the recipe's, see STEPS)")
     p.add_argument("--runs-dir", type=Path, default=ROOT / "runs/pretrained_start")
     p.add_argument("--out", type=Path, default=ROOT / "outputs/pretrained_start")
-    p.add_argument("--render", action="store_true", help="only write summary.md, comparisons.csv, nmi.png from the CSVs")
+    p.add_argument("--render", action="store_true",
+                   help="only write summary.md, comparisons.csv, nmi.png from the CSVs")
     a = p.parse_args(argv)
     if a.render: return print("wrote", render(a.out))
     rev, cpu = code_rev(), machine()["cpu"]

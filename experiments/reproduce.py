@@ -26,7 +26,7 @@ trains only the runs whose entry is missing or stale (other options, or code tha
 exactly what seed 0's notebooks asked for. At paper scale the run folders are the only record (no ledger).
 """
 from __future__ import annotations
-import argparse, csv, os, shlex, shutil, subprocess, sys, threading, time
+import argparse, os, shlex, shutil, subprocess, sys, threading, time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -35,7 +35,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "experiments")]
 import torch  # noqa: E402
 from selfguide.registry import RUNS, run_folder, run_options, run_order, depends_on, is_finished  # noqa: E402
 from selfguide.ledger import (alike, code_rev, entry_folder, read_link, read_run, record_run, recorded_evals,  # noqa
-                              run_key, stale, start_run, log_phase, pass_time)
+                              run_key, stale, start_run, log_phase, pass_time, sittings)
 from selfguide.results import EVAL, evaluate_cached  # noqa: E402
 from selfguide.sample import ADAPTIVE  # noqa: E402
 from selfguide.scale import registry, scale_of  # noqa: E402
@@ -134,12 +134,6 @@ def set_aside(folder: Path, why: str) -> None:
 
 def eta(minutes: float) -> str:
     return f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
-
-
-def logged_phases(ledger) -> set:
-    "The phases <ledger>/sittings.csv holds a row of (`log_phase`: a notebooks phase is logged once it has run)"
-    f = Path(ledger) / "sittings.csv"
-    return {r["phase"] for r in csv.DictReader(f.open())} if f.is_file() else set()
 
 
 def train_all(names, seeds, jobs: int = 1, runs_dir=RUNS_DIR, runs=RUNS, launch: str | None = None, ledger=None,
@@ -284,7 +278,7 @@ def main(argv=None) -> None:
         for s in seeds:                     # seed 0's notebooks again only where its runs changed since they ran
             trained = train([s])
             if s == 0 and len(seeds) > 1 and any(is_finished(run_folder(a.runs_dir, n, 0)) for n in names) and (
-                    trained or "notebooks, 1 seed" not in logged_phases(ledger)):
+                    trained or "notebooks, 1 seed" not in {r["phase"] for r in sittings(ledger)}):
                 notebooks(1)
     if a.what == "all":
         notebooks(max(seeds) + 1)

@@ -198,6 +198,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'selfguide.ledger.recorded_evals': ('ledger.html#recorded_evals', 'selfguide/ledger.py'),
                                   'selfguide.ledger.recorded_options': ('ledger.html#recorded_options', 'selfguide/ledger.py'),
                                   'selfguide.ledger.run_key': ('ledger.html#run_key', 'selfguide/ledger.py'),
+                                  'selfguide.ledger.sittings': ('ledger.html#sittings', 'selfguide/ledger.py'),
                                   'selfguide.ledger.stale': ('ledger.html#stale', 'selfguide/ledger.py'),
                                   'selfguide.ledger.start_run': ('ledger.html#start_run', 'selfguide/ledger.py'),
                                   'selfguide.ledger.write_eval': ('ledger.html#write_eval', 'selfguide/ledger.py')},

@@ -13,10 +13,9 @@ from .runs import read_manifest, atomic_write, run_checkpoints
 from .registry import RUNS, depends_on
 
 # %% auto #0
-__all__ = ['TRAINS', 'SAME_TRAINING', 'MACHINE', 'LINK', 'SETTINGS', 'SITTING', 'PHASES', 'code_rev', 'alike', 'cpu_model',
-           'recorded_options', 'run_key', 'entry_folder', 'read_run', 'read_link', 'start_run', 'portable',
-           'record_run', 'eval_stem', 'read_eval', 'write_eval', 'recorded_evals', 'stale', 'current', 'log_phase',
-           'pass_time']
+__all__ = ['TRAINS', 'SAME_TRAINING', 'MACHINE', 'LINK', 'SETTINGS', 'code_rev', 'alike', 'cpu_model', 'recorded_options',
+           'run_key', 'entry_folder', 'read_run', 'read_link', 'start_run', 'portable', 'record_run', 'eval_stem',
+           'read_eval', 'write_eval', 'recorded_evals', 'stale', 'current', 'sittings', 'log_phase', 'pass_time']
 
 # %% ../nbs/10b_ledger.ipynb #c005
 TRAINS = ["data", "files", "latents", "paths", "uvit", "sinkhorn", "guidance", "online", "amortise", "protocol",
@@ -170,30 +169,34 @@ def current(ledger, name: str, seed: int, runs: dict = RUNS, over: dict | None =
     return stale(ledger, name, seed, runs, over) is None
 
 # %% ../nbs/10b_ledger.ipynb #f5fde916
-SITTING = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())  # this process: one sitting of a pass
-PHASES = ["sitting", "phase", "start", "end", "minutes", "runs", "cpu", "code_rev"]
+_SITTING = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())  # this process: one sitting of a pass
+_PHASES = ["sitting", "phase", "start", "end", "minutes", "runs", "cpu", "code_rev"]
+
+
+def sittings(ledger) -> list[dict]:
+    "The rows of <ledger>/sittings.csv, one per (sitting, phase); [] where there is none"
+    f = Path(ledger) / "sittings.csv"
+    if not f.is_file(): return []
+    with f.open() as r: return list(csv.DictReader(r))
 
 
 def log_phase(ledger, phase: str, t0: float, runs: int = 0) -> None:
     """Write (or rewrite) this sitting's row of `phase` in <ledger>/sittings.csv: its wall minutes since `t0` and the
     runs it finished. Called as the phase goes on, so a pass stopped at any moment keeps the minutes it spent"""
     if ledger is None: return
-    f = Path(ledger) / "sittings.csv"
-    rows = [r for r in (list(csv.DictReader(f.open())) if f.is_file() else [])
-            if (r["sitting"], r["phase"]) != (SITTING, phase)]
-    rows.append(dict(sitting=SITTING, phase=phase, start=time.strftime("%H:%M", time.gmtime(t0)),
+    rows = [r for r in sittings(ledger) if (r["sitting"], r["phase"]) != (_SITTING, phase)]
+    rows.append(dict(sitting=_SITTING, phase=phase, start=time.strftime("%H:%M", time.gmtime(t0)),
                      end=time.strftime("%H:%M", time.gmtime()), minutes=round((time.time() - t0) / 60, 1), runs=runs,
                      cpu=cpu_model(), code_rev=code_rev()))
-    f.parent.mkdir(parents=True, exist_ok=True)
-    with f.open("w", newline="") as out:
-        w = csv.DictWriter(out, PHASES); w.writeheader(); w.writerows(rows)
+    Path(ledger).mkdir(parents=True, exist_ok=True)
+    with (Path(ledger) / "sittings.csv").open("w", newline="") as out:
+        w = csv.DictWriter(out, _PHASES); w.writeheader(); w.writerows(rows)
 
 
 def pass_time(ledger) -> str:
     "The measured wall time of the pass in <ledger>/sittings.csv, per CPU: seed 0's part (= SEEDS=1) and the whole"
-    f = Path(ledger) / "sittings.csv"
-    if not f.is_file(): return "No sitting of this pass is recorded yet (`<ledger>/sittings.csv`)."
-    rows, out = list(csv.DictReader(f.open())), []
+    rows, out = sittings(ledger), []
+    if not rows: return "No sitting of this pass is recorded yet (`<ledger>/sittings.csv`)."
     for cpu in dict.fromkeys(r["cpu"] for r in rows):
         mine = [r for r in rows if r["cpu"] == cpu]
         h = lambda rs: sum(float(r["minutes"]) for r in rs) / 60
