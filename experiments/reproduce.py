@@ -270,9 +270,10 @@ def main(argv=None) -> None:
                        retrain={(n, x) for n in names for x in s} if a.retrain else (), progress=progress)
         finally: log_phase(ledger, phase, t0, done[0])
         return done[0]
-    def notebooks(n):
-        t0 = time.time(); run_notebooks(list(known), n, a.runs_dir, outputs, **params)
-        log_phase(ledger, f"notebooks, {n} seed{'s' * (n > 1)}", t0)
+    def notebooks(n):                       # a stopped phase (Ctrl-C) keeps its minutes as "... (stopped)"
+        t0, phase, ok = time.time(), f"notebooks, {n} seed{'s' * (n > 1)}", False
+        try: run_notebooks(list(known), n, a.runs_dir, outputs, **params); ok = True
+        finally: log_phase(ledger, phase if ok else phase + " (stopped)", t0)
     if a.what == "train" or ledger is None: train(seeds)
     else:                                   # all: seed by seed; seed 0's notebooks after its runs, while they are here
         for s in seeds:                     # seed 0's notebooks again only where its runs changed since they ran
