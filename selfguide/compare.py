@@ -113,18 +113,20 @@ def budget_caption(bt: pd.DataFrame, short: bool = False, minutes: bool = True) 
     if not len(bt): return "Budget: no run trained yet."
     key = lambda r: "an unknown number of steps" if r.steps is None or pd.isna(r.steps) else \
         f"{int(r.steps):,} steps x batch {int(r.batch)}"
-    groups = {}
-    for r in bt.itertuples(): groups.setdefault(key(r), []).append(r.row)
-    multi = [f"{r.row}: {r.stages}" for r in bt.itertuples() if " + " in r.stages]
-    head = (f"{next(iter(groups))} for every row" if len(groups) == 1 else
-            "; ".join(f"{k} for {', '.join(v)}" for k, v in groups.items()))
-    if short: return (f"budget from scratch: {head}" if len(groups) == 1 else
+    groups = {}                                                # budget -> its rows, a row's stages beside it
+    for r in bt.itertuples(): groups.setdefault(key(r), []).append((r.row, r.stages if " + " in r.stages else ""))
+    if short: return (f"budget from scratch: {next(iter(groups))} for every row" if len(groups) == 1 else
                       f"budgets from scratch: {', '.join(groups)} (which rows: the caption)")
+    if len(groups) == 1:
+        multi = [f"{row}: {st}" for row, st in next(iter(groups.values())) if st]
+        head = f"{next(iter(groups))} for every row" + (f" ({'; '.join(multi)})" if multi else "")
+    else: head = "; ".join(f"{k} for " + ", ".join(row + (f" ({st})" if st else "") for row, st in v)
+                           for k, v in groups.items())
     wall = ("wall minutes of training from scratch (the runs' manifests, inits included; mean over seeds), what a "
             "step of each method costs: " + ", ".join(f"{r.row} {r.train_min:.1f}" for r in bt.itertuples())
             if minutes else "train_min: wall minutes of training from scratch (the runs' manifests, inits included), "
             "mean ± std over seeds; it shows what a step of each method costs")
-    return f"Budget, counted from scratch: {head}" + (f" ({'; '.join(multi)})" if multi else "") + f". {wall}."
+    return f"Budget, counted from scratch: {head}. {wall}."
 
 # %% ../nbs/10d_compare.ipynb #c020
 PRETRAINED = {  # row of experiments/pretrained_start.py -> label
