@@ -63,6 +63,22 @@ def test_readme_gathers_summaries_with_relative_images(tmp_path):
     assert "![t](table1_guidance/t.png)" in text and "| a | 1.00 |" in text and "It matches." in text
     assert "## fig07_nfe\n\nNot run yet" in text
 
+def test_the_verdict_budget_names_the_two_rows_where_a_table_has_two_budgets(tmp_path):
+    nb = sys.modules.get("reproduce_notebooks") or importlib.import_module("reproduce_notebooks")
+    pd.DataFrame(dict(row=["offline guidance", "unconditional", "unconditional, wall"], steps=[1500, 1500, 1800],
+                      seeds=1, train_min=1.0)).to_csv(tmp_path / "table1.csv", index=False)
+    stated = ("1,500 steps x batch 128 for offline guidance (750 (none) + 750 (offline)), unconditional; 1,800 steps x "
+              "batch 128 for unconditional, wall")
+    assert nb.pair_budget(tmp_path, stated, "offline guidance", "unconditional") == \
+        "1,500 steps x batch 128 for both; a: 750 (none) + 750 (offline)"
+    assert nb.pair_budget(tmp_path, stated, "unconditional", "unconditional, wall") == \
+        "a 1,500, b 1,800 steps x batch 128"
+    assert nb.pair_budget(tmp_path, "1,500 steps x batch 128 for every row", "x", "y") == \
+        "1,500 steps x batch 128 for every row"
+    summary = tmp_path / "summary.md"                 # the caption read whole, though a row's name has "Alg. 1" in it
+    summary.write_text(f"Budget, counted from scratch: 1,500 for online (Alg. 1 as written). train_min: minutes.\n")
+    assert nb.stated_budget(summary) == "1,500 for online (Alg. 1 as written)"
+
 def test_over_seeds_and_paper_tables():
     st = over_seeds([dict(row="a", fd_cls=2.0, precision=0.5), dict(row="a", fd_cls=4.0, precision=0.7)])
     t = pm(st)
