@@ -142,7 +142,7 @@ def train_all(names, seeds, jobs: int = 1, runs_dir=RUNS_DIR, runs=RUNS, launch:
     """Train every missing run (with a `ledger`: missing or stale) `jobs` at a time, each with `threads` (default an
     equal share of the cores), and record and evaluate each in the ledger as it finishes; `launch`: e.g. torchrun;
     `over`: options over the registry's (tests: SMOKE); `trainer(options, log) -> exit code` trains one run
-    (default: a subprocess); `progress(runs finished)` is called after each"""
+    (default: a subprocess); `progress(runs finished and recorded)` is called after each"""
     plan = plan_runs(names, seeds, runs_dir, runs, ledger, over, retrain)
     todo, jobs = list(plan), max(1, jobs)
     minutes = {x: expected_minutes({**runs[x[0]][0], **(over or {})}, x[0], ledger) for x in todo}
@@ -155,7 +155,7 @@ def train_all(names, seeds, jobs: int = 1, runs_dir=RUNS_DIR, runs=RUNS, launch:
     def subprocess_trainer(opts, log):
         cmd = [*(shlex.split(launch) if launch else [sys.executable]), "-m", "selfguide", "train", *cli_args(opts)]
         return subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-    trainer, lock = trainer or subprocess_trainer, threading.Lock()
+    trainer, lock, ok = trainer or subprocess_trainer, threading.Lock(), []
     def one(item):
         (n, s), i = item
         out, tag, t0, rc = run_folder(runs_dir, n, s), f"[{i + 1}/{len(todo)}]", time.time(), 0
@@ -176,7 +176,8 @@ def train_all(names, seeds, jobs: int = 1, runs_dir=RUNS_DIR, runs=RUNS, launch:
                 finally: torch.set_num_threads(before)
             minutes.pop((n, s))
             print(f"{tag} about {eta(sum(minutes.values()) / jobs)} of training left", flush=True)
-            if progress: progress(len(todo) - len(minutes))
+            if rc == 0: ok.append((n, s))
+            if progress: progress(len(ok))                            # runs trained and recorded (failed ones not)
         return rc
     # a run starts as soon as the runs it depends on (`@other`, same seed) have finished, seed by seed and the longest
     # first, so that no core waits behind a batch; a run whose dependency failed is not started
