@@ -112,7 +112,7 @@ VERDICT_INTRO = ("## Verdicts at CPU scale\n\nEach claim, our per-seed paired di
                  "column (a, b: the two rows the comparison names; mean ± spread, the std over seeds of the "
                  "differences), the seeds with both rows (and how many differ in the paper's direction), the budget "
                  "of the two rows, counted from scratch, and the verdict, all as the result wrote them "
-                 "(`comparisons.csv`, its summary's budget caption, its table's steps where its rows differ): "
+                 "(`comparisons.csv`: the budget of its two rows, else its summary's budget caption): "
                  "\"as in the paper\" only where all 3 seeds agree and the mean difference exceeds the spread, "
                  "\"disagrees\" where all 3 go the other way by as much, "
                  "\"within noise\" otherwise, \"not measured\" where the result has no such comparison yet.")
@@ -138,25 +138,6 @@ def stated_budget(summary: Path, block=None) -> str:
     return m[1] if m else "not stated"
 
 
-def pair_budget(folder: Path, stated: str, a: str, b: str) -> str:
-    """The budget of rows `a` and `b` where a result's rows differ (`stated`: its caption's, e.g. Table 1 with its 1.2 S
-    row): their `steps` from the result's table CSV (row, steps, seeds, train_min), a row's stages as the caption
-    gives them"""
-    if " for every row" in stated or not (m := re.search(r"steps x batch (\d+)", stated)): return stated
-    steps = {}
-    for f in sorted(folder.glob("*.csv")):
-        rows = list(csv.DictReader(f.read_text().splitlines()))
-        if rows and {"row", "steps", "seeds", "train_min"} <= set(rows[0]):
-            steps = {r["row"]: r["steps"] for r in reversed(rows)} | steps
-    if not (steps.get(a) and steps.get(b)): return stated
-    def stages(ab, label):                                         # "; a: 750 (none) + 750 (offline)"
-        st = re.search(re.escape(label) + r"(?::| \() ?(\d[\d,]* \(\w+\)(?: \+ [\d,]+ \(\w+\))+)", stated)
-        return f"; {ab}: {st[1]}" if st else ""
-    n = lambda label: f"{int(float(steps[label])):,}"
-    return ((f"{n(a)} steps x batch {m[1]} for both" if steps[a] == steps[b] else
-             f"a {n(a)}, b {n(b)} steps x batch {m[1]}") + stages("a", a) + stages("b", b))
-
-
 def verdict_table(outputs=OUTPUTS, claims=CLAIMS) -> str:
     "The first screen: a Markdown table of each claim's verdict, read from the results' comparisons.csv, never redone"
     lines = ["| claim | ours: a - b, mean ± spread | seeds (in the paper's direction) | budget, from scratch "
@@ -170,7 +151,7 @@ def verdict_table(outputs=OUTPUTS, claims=CLAIMS) -> str:
         if r is None or r["verdict"] == "not measured" or math.isnan(mean):
             lines.append(f"| {claim} | – | – | – | not measured | {src} |"); continue
         ours = f"{r['metric']} {mean:+.2f} ± {'–' if math.isnan(sd) else f'{sd:.2f}'}"
-        budget = pair_budget(outputs / result, stated_budget(outputs / result / "summary.md", block), r["a"], r["b"])
+        budget = r.get("budget") or stated_budget(outputs / result / "summary.md", block)  # the two rows', else all
         lines.append(f"| {claim} | {ours} | {r['seeds']} ({r['agree']}) | {budget} | {r['verdict']} | {src} |")
     return VERDICT_INTRO + "\n\n" + "\n".join(lines) + "\n\n" + VERDICT_NOTE
 

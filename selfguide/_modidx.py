@@ -38,6 +38,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'selfguide.compare.budget_table': ('compare.html#budget_table', 'selfguide/compare.py'),
                                    'selfguide.compare.compare_rows': ('compare.html#compare_rows', 'selfguide/compare.py'),
                                    'selfguide.compare.comparison_sentence': ('compare.html#comparison_sentence', 'selfguide/compare.py'),
+                                   'selfguide.compare.pair_budget': ('compare.html#pair_budget', 'selfguide/compare.py'),
                                    'selfguide.compare.paired_diffs': ('compare.html#paired_diffs', 'selfguide/compare.py'),
                                    'selfguide.compare.pretrained_block': ('compare.html#pretrained_block', 'selfguide/compare.py'),
                                    'selfguide.compare.pretrained_rows': ('compare.html#pretrained_rows', 'selfguide/compare.py'),

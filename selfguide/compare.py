@@ -15,7 +15,8 @@ from .results import finished_runs, spread, over_seeds, pm
 # %% auto #0
 __all__ = ['SEEDS_NEEDED', 'VERDICTS', 'DIRECTIONS', 'PRETRAINED', 'PRETRAINED_INIT', 'PRETRAINED_PAIRS', 'PRETRAINED_NOTE',
            'PRETRAINED_COLS', 'paired_diffs', 'verdict_word', 'compare_rows', 'comparison_sentence', 'run_budget',
-           'stages_text', 'budget_table', 'budget_caption', 'pretrained_rows', 'pretrained_block', 'save_sample_rows']
+           'stages_text', 'budget_table', 'budget_caption', 'pair_budget', 'pretrained_rows', 'pretrained_block',
+           'save_sample_rows']
 
 # %% ../nbs/10d_compare.ipynb #c005
 def paired_diffs(per_seed, a: str, b: str, col: str, by: str = "row", seed: str = "run_seed") -> pd.DataFrame:
@@ -48,8 +49,9 @@ def verdict_word(diffs, paper: str, need: int = SEEDS_NEEDED) -> str:
 
 # %% ../nbs/10d_compare.ipynb #c011
 def compare_rows(per_seed, pairs: dict, col: str, by: str = "row", seed: str = "run_seed",
-                 digits: int = 2) -> pd.DataFrame:
-    "One line per comparison in `pairs` (label -> (a, b, 'lower'/'higher')): differences `a - b` of `col` per seed"
+                 digits: int = 2, budget: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One line per comparison in `pairs` (label -> (a, b, 'lower'/'higher')): differences `a - b` of `col` per seed;
+    with `budget` (a `budget_table`: row, steps, batch, stages) the budget of rows a and b in words"""
     out = []
     for label, (a, b, paper) in pairs.items():
         d = paired_diffs(per_seed, a, b, col, by, seed)
@@ -58,9 +60,10 @@ def compare_rows(per_seed, pairs: dict, col: str, by: str = "row", seed: str = "
         out.append(dict(comparison=label, a=a, b=b, metric=col, paper=f"a {paper}",
                         per_seed=", ".join(f"{x:+.{digits}f}" for x in d["diff"]) or "–",
                         seeds=", ".join(map(str, d.seed)) or "–", mean_diff=d["diff"].mean() if n else np.nan,
-                        spread=d["diff"].std(ddof=1) if n > 1 else np.nan, agree=f"{agree}/{n}", verdict=verdict))
+                        spread=d["diff"].std(ddof=1) if n > 1 else np.nan, agree=f"{agree}/{n}", verdict=verdict,
+                        **({} if budget is None else dict(budget=pair_budget(budget, a, b)))))
     return pd.DataFrame(out, columns=["comparison", "a", "b", "metric", "paper", "per_seed", "seeds", "mean_diff",
-                                      "spread", "agree", "verdict"])
+                                      "spread", "agree", "verdict", *([] if budget is None else ["budget"])])
 
 def comparison_sentence(table: pd.DataFrame, digits: int = 2) -> str:
     "Each comparison of `compare_rows` in words: verdict, mean difference ± spread, per-seed differences, agreement"
@@ -128,6 +131,19 @@ def budget_caption(bt: pd.DataFrame, short: bool = False, minutes: bool = True) 
             "mean ± std over seeds; it shows what a step of each method costs")
     return f"Budget, counted from scratch: {head}. {wall}."
 
+def pair_budget(bt: pd.DataFrame, a: str, b: str) -> str:
+    "The budget of rows `a` and `b` of the `budget_table` `bt` in words, the stages of a row trained in several"
+    rows = bt.set_index("row")
+    if missing := [r for r in (a, b) if r not in rows.index]: return f"not known (no run of {', '.join(missing)})"
+    ra, rb = rows.loc[a], rows.loc[b]
+    if any(pd.isna(r.steps) for r in (ra, rb)): return "not known (a row is untrained or starts from no run)"
+    n = lambda r: f"{int(r.steps):,}"
+    head = (f"{n(ra)} steps x batch {int(ra.batch)} for both" if (ra.steps, ra.batch) == (rb.steps, rb.batch) else
+            f"a {n(ra)}, b {n(rb)} steps x batch {int(ra.batch)}" if ra.batch == rb.batch else
+            f"a {n(ra)} steps x batch {int(ra.batch)}, b {n(rb)} steps x batch {int(rb.batch)}")
+    return head + "".join(f"; {ab}: {r.stages}" for ab, r in (("a", ra), ("b", rb)) if " + " in str(r.stages))
+
+
 # %% ../nbs/10d_compare.ipynb #c020
 PRETRAINED = {  # row of experiments/pretrained_start.py -> label
     "init_none": "init: unconditional (S)", "init_class": "init: class-conditional (S) †",
@@ -179,7 +195,10 @@ def pretrained_block(csv, dataset: str) -> tuple:
                f"128, {S:,} steps for the inits and {2 * S:,} for (a)-(d) (a fine-tuning counts its init's {S:,}); "
                f"train_min from scratch likewise; seeds {', '.join(map(str, sorted(rows.seed.unique())))}; CPU "
                f"{cpus}. {PRETRAINED_NOTE}")
-    return rows, stats, table, compare_rows(rows, PRETRAINED_PAIRS, "fd_cls", seed="seed"), caption
+    steps = rows.groupby("row").budget_steps.first()
+    budget = pd.DataFrame([dict(row=r, steps=n, batch=128, stages=f"{steps[i]:,} ({i}) + {n - steps[i]:,} ({r})"
+                                if (i := PRETRAINED_INIT.get(r)) in steps else "") for r, n in steps.items()])
+    return rows, stats, table, compare_rows(rows, PRETRAINED_PAIRS, "fd_cls", seed="seed", budget=budget), caption
 
 # %% ../nbs/10d_compare.ipynb #c023
 def save_sample_rows(rows: dict, path, title: str = "", n: int = 10) -> Path:

@@ -63,21 +63,21 @@ def test_readme_gathers_summaries_with_relative_images(tmp_path):
     assert "![t](table1_guidance/t.png)" in text and "| a | 1.00 |" in text and "It matches." in text
     assert "## fig07_nfe\n\nNot run yet" in text
 
-def test_the_verdict_budget_names_the_two_rows_where_a_table_has_two_budgets(tmp_path):
+def test_the_verdict_table_gives_each_claim_the_budget_of_its_two_rows(tmp_path):
     nb = sys.modules.get("reproduce_notebooks") or importlib.import_module("reproduce_notebooks")
-    pd.DataFrame(dict(row=["offline guidance", "unconditional", "unconditional, wall"], steps=[1500, 1500, 1800],
-                      seeds=1, train_min=1.0)).to_csv(tmp_path / "table1.csv", index=False)
-    stated = ("1,500 steps x batch 128 for offline guidance (750 (none) + 750 (offline)), unconditional; 1,800 steps x "
-              "batch 128 for unconditional, wall")
-    assert nb.pair_budget(tmp_path, stated, "offline guidance", "unconditional") == \
-        "1,500 steps x batch 128 for both; a: 750 (none) + 750 (offline)"
-    assert nb.pair_budget(tmp_path, stated, "unconditional", "unconditional, wall") == \
-        "a 1,500, b 1,800 steps x batch 128"
-    assert nb.pair_budget(tmp_path, "1,500 steps x batch 128 for every row", "x", "y") == \
-        "1,500 steps x batch 128 for every row"
-    summary = tmp_path / "summary.md"                 # the caption read whole, though a row's name has "Alg. 1" in it
-    summary.write_text(f"Budget, counted from scratch: 1,500 for online (Alg. 1 as written). train_min: minutes.\n")
-    assert nb.stated_budget(summary) == "1,500 for online (Alg. 1 as written)"
+    res = tmp_path / "table1_guidance"; res.mkdir()
+    (res / "summary.md").write_text("Budget, counted from scratch: 1,500 for online (Alg. 1 as written); 1,800 for "
+                                    "unconditional, wall. train_min: minutes.\n")
+    cmp = dict(a="online", b="none", metric="fd_cls", mean_diff=-6.0, spread=1.0, seeds="0, 1, 2", agree="3/3",
+               verdict="as in the paper")
+    claims = (("online beats unconditional", "table1_guidance", "x", None),
+              ("offline beats unconditional", "table1_guidance", "y", None))
+    pd.DataFrame([dict(cmp, comparison="x", budget="1,500 steps x batch 128 for both"),
+                  dict(cmp, comparison="y", budget="")]).to_csv(res / "comparisons.csv", index=False)
+    lines = nb.verdict_table(tmp_path, claims).splitlines()
+    assert "| fd_cls -6.00 ± 1.00 | 0, 1, 2 (3/3) | 1,500 steps x batch 128 for both | as in the paper |" in lines[-4]
+    # no budget of its own: the summary's caption, read whole, though a row's name has "Alg. 1" in it
+    assert "| 1,500 for online (Alg. 1 as written); 1,800 for unconditional, wall |" in lines[-3], lines[-3]
 
 def test_over_seeds_and_paper_tables():
     st = over_seeds([dict(row="a", fd_cls=2.0, precision=0.5), dict(row="a", fd_cls=4.0, precision=0.7)])
