@@ -26,8 +26,8 @@ trains only the runs whose entry is missing or stale (other options, or code tha
 exactly what seed 0's notebooks asked for. At paper scale the run folders are the only record (no ledger).
 """
 from __future__ import annotations
-import argparse, os, shlex, shutil, subprocess, sys, threading, time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+import argparse, multiprocessing, os, shlex, shutil, subprocess, sys, time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,6 +125,23 @@ def record_and_evaluate(ledger, name: str, seed: int, folder: Path, runs=RUNS, o
     return 0
 
 
+def _evaluate_apart(threads: int, *args) -> int:
+    "The spawned side of `evaluate_apart`"
+    torch.set_num_threads(threads)
+    return record_and_evaluate(*args)
+
+
+def evaluate_apart(threads: int, *args) -> int:
+    """`record_and_evaluate(*args)` in a spawned process with `threads` threads, so that a lane evaluates its run while
+    the other lanes train (in this process, evaluations would wait for each other and leave a core idle)"""
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(_evaluate_apart, threads, *args).result()
+    except Exception as e:                                           # the process died: the run stays trained
+        print(f"{args[-1]} {Path(args[3]).name}: evaluating FAILED: {type(e).__name__}: {e}", flush=True)
+        return 1
+
+
 def set_aside(folder: Path, why: str) -> None:
     "Move a run folder that is not the training the ledger needs to <folder>.stale (the one before it goes)"
     to = folder.with_name(folder.name + ".stale")
@@ -140,7 +157,8 @@ def train_all(names, seeds, jobs: int = 1, runs_dir=RUNS_DIR, runs=RUNS, launch:
               over=None, retrain=(), always: dict = EVAL, trainer=None, threads: int | None = None,
               progress=None) -> None:
     """Train every missing run (with a `ledger`: missing or stale) `jobs` at a time, each with `threads` (default an
-    equal share of the cores), and record and evaluate each in the ledger as it finishes; `launch`: e.g. torchrun;
+    equal share of the cores), and record and evaluate each in the ledger as it finishes (`evaluate_apart`: in its
+    lane, while the other lanes train); `launch`: e.g. torchrun;
     `over`: options over the registry's (tests: SMOKE); `trainer(options, log) -> exit code` trains one run
     (default: a subprocess); `progress(runs finished and recorded)` is called after each"""
     plan = plan_runs(names, seeds, runs_dir, runs, ledger, over, retrain)
@@ -155,7 +173,7 @@ def train_all(names, seeds, jobs: int = 1, runs_dir=RUNS_DIR, runs=RUNS, launch:
     def subprocess_trainer(opts, log):
         cmd = [*(shlex.split(launch) if launch else [sys.executable]), "-m", "selfguide", "train", *cli_args(opts)]
         return subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-    trainer, lock, ok = trainer or subprocess_trainer, threading.Lock(), []
+    trainer, ok = trainer or subprocess_trainer, []
     def one(item):
         (n, s), i = item
         out, tag, t0, rc = run_folder(runs_dir, n, s), f"[{i + 1}/{len(todo)}]", time.time(), 0
@@ -169,11 +187,8 @@ def train_all(names, seeds, jobs: int = 1, runs_dir=RUNS_DIR, runs=RUNS, launch:
                 rc = trainer({**run_options(n, s, runs_dir, runs), **(over or {})}, log)
             what = "done" if rc == 0 else f"FAILED (exit {rc}), see {out}/train.log"
             print(f"{tag} {out.name}: {what} in {(time.time() - t0) / 60:.1f} min", flush=True)
-        with lock:                                    # one evaluation at a time, in this process, with a run's threads
-            if rc == 0 and ledger is not None:
-                before = torch.get_num_threads(); torch.set_num_threads(threads)
-                try: rc = record_and_evaluate(ledger, n, s, out, runs, over, always, tag)
-                finally: torch.set_num_threads(before)
+        if rc == 0 and ledger is not None:            # in a process of its own: the other lanes go on training
+            rc = evaluate_apart(threads, ledger, n, s, out, runs, over, always, tag)
             minutes.pop((n, s))
             print(f"{tag} about {eta(sum(minutes.values()) / jobs)} of training left", flush=True)
             if rc == 0: ok.append((n, s))

@@ -1,6 +1,6 @@
 """The ledger (`outputs/ledger/`): a reproduce pass that survives a change of machine. Tiny SMOKE runs trained in this
 process (`train_all`'s `trainer`), a temporary ledger, tiny evaluations: `make reproduce` without its subprocesses."""
-import importlib.util, json, shutil, subprocess
+import importlib.util, json, shutil, subprocess, sys
 from pathlib import Path
 import pytest, torch
 from selfguide import ledger as L
@@ -12,8 +12,10 @@ from selfguide.train import train
 ROOT = Path(__file__).resolve().parents[1]
 
 def _load(name):
+    "The script experiments/<name>.py as module `name` (registered: its evaluations run in spawned processes)"
+    if name in sys.modules: return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
-    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+    m = sys.modules[name] = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
     return m
 
 reproduce = _load("reproduce")
