@@ -26,7 +26,7 @@ trains only the runs whose entry is missing or stale (other options, or code tha
 exactly what seed 0's notebooks asked for. At paper scale the run folders are the only record (no ledger).
 """
 from __future__ import annotations
-import argparse, multiprocessing, os, shlex, shutil, subprocess, sys, time
+import argparse, json, multiprocessing, os, shlex, shutil, subprocess, sys, time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -65,10 +65,12 @@ def run_state(ledger, name: str, seed: int, folder: Path, runs=RUNS, over=None, 
     return "record" if is_finished(folder) else "resume"
 
 
-def plan_runs(names, seeds, runs_dir=RUNS_DIR, runs=RUNS, ledger=None, over=None, retrain=()) -> dict:
+def plan_runs(names, seeds, runs_dir=RUNS_DIR, runs=RUNS, ledger=None, over=None, retrain=(),
+              always: dict = EVAL) -> dict:
     """{(name, seed): why it trains} of a pass, seed by seed, dependencies first. With a ledger: the runs whose entry
-    is missing or stale (or in `retrain`), a fine-tuning whose init trains again, and an init whose checkpoint a
-    fine-tuning needs and is not here; without: the runs not finished in `runs_dir`"""
+    is missing or stale (or in `retrain`), a fine-tuning whose init trains again, an init whose checkpoint a
+    fine-tuning needs and is not here, and a run here whose evaluations a stopped pass left unfinished (it is only
+    evaluated); without: the runs not finished in `runs_dir`"""
     order = [(n, s) for s in seeds for n in run_order(names, runs)]
     if ledger is None: return {x: "not finished" for x in order if not is_finished(run_folder(runs_dir, *x))}
     todo = {x: f"{x[0]}_s{x[1]}: asked for (--retrain)" if x in retrain else stale(ledger, *x, runs, over)
@@ -78,6 +80,8 @@ def plan_runs(names, seeds, runs_dir=RUNS_DIR, runs=RUNS, ledger=None, over=None
         f = run_folder(runs_dir, n, s)
         return is_finished(f) and (read_link(f) or {}).get("run_id") == (read_run(entry_folder(ledger, n, s)) or {}
                                                                            ).get("run_id")
+    evaluate = {x: f"{x[0]}_s{x[1]}: {k} of its evaluations missing (a pass stopped while it evaluated)" for x in order
+                if x not in todo and here(*x) and (k := evals_missing(ledger, *x, run_folder(runs_dir, *x), always))}
     grew = True
     while grew:
         grew = False
@@ -89,7 +93,7 @@ def plan_runs(names, seeds, runs_dir=RUNS_DIR, runs=RUNS, ledger=None, over=None
             for d in depends_on(n, runs):
                 if (d, s) not in todo and not here(d, s):
                     todo[(d, s)], grew = f"{d}_s{s}: the init of {n}_s{s}, its checkpoint is not here", True
-    return {x: todo[x] for x in order if x in todo}
+    return {x: todo.get(x) or evaluate[x] for x in order if x in todo or x in evaluate}
 
 
 def todo_runs(names, seeds, runs_dir=RUNS_DIR, runs=RUNS, ledger=None, over=None, retrain=()) -> list[tuple[str, int]]:
@@ -103,6 +107,13 @@ def needed_evals(ledger, name: str, always: dict = EVAL) -> list[tuple[str, dict
     s = {**EVAL, **always}
     if s["solver"] not in ADAPTIVE: s["rtol"] = s["atol"] = None
     return [("last", s), *[x for x in recorded_evals(ledger, name) if x != ("last", s)]]
+
+
+def evals_missing(ledger, name: str, seed: int, folder: Path, always: dict = EVAL) -> int:
+    "How many of `needed_evals` the ledger entry of (`name`, `seed`) lacks whose checkpoint `folder` has"
+    have = {(ck, json.dumps(s, sort_keys=True)) for ck, s in recorded_evals(ledger, name, seed)}
+    return sum((ck, json.dumps(s, sort_keys=True)) not in have and (folder / "checkpoints" / f"{ck}.pt").exists()
+               for ck, s in needed_evals(ledger, name, always))
 
 
 def record_and_evaluate(ledger, name: str, seed: int, folder: Path, runs=RUNS, over=None, always: dict = EVAL,
@@ -161,7 +172,7 @@ def train_all(names, seeds, jobs: int = 1, runs_dir=RUNS_DIR, runs=RUNS, launch:
     lane, while the other lanes train); `launch`: e.g. torchrun;
     `over`: options over the registry's (tests: SMOKE); `trainer(options, log) -> exit code` trains one run
     (default: a subprocess); `progress(runs finished and recorded)` is called after each"""
-    plan = plan_runs(names, seeds, runs_dir, runs, ledger, over, retrain)
+    plan = plan_runs(names, seeds, runs_dir, runs, ledger, over, retrain, always)
     todo, jobs = list(plan), max(1, jobs)
     minutes = {x: expected_minutes({**runs[x[0]][0], **(over or {})}, x[0], ledger) for x in todo}
     done = len(run_order(names, runs)) * len(seeds) - len(todo)

@@ -139,10 +139,10 @@ def write_eval(entry, stem: str, m: dict) -> dict:
     _write(Path(entry) / "evals" / f"{stem}.json", m)
     return m
 
-def recorded_evals(ledger, name: str) -> list[tuple[str, dict]]:
-    "(checkpoint stem, settings) of each evaluation the ledger holds of run `name` at any seed, each once"
+def recorded_evals(ledger, name: str, seed: int | None = None) -> list[tuple[str, dict]]:
+    "(checkpoint stem, settings) of each evaluation the ledger holds of run `name` at any seed (or `seed`), each once"
     out = {}
-    for f in sorted(Path(ledger).glob(f"{name}_s*/evals/*.json")):
+    for f in sorted(Path(ledger).glob(f"{name}_s{'*' if seed is None else seed}/evals/*.json")):
         m = json.loads(f.read_text())
         if not re.fullmatch(rf"{re.escape(name)}_s\d+", f.parent.parent.name) or not set(SETTINGS) <= set(m): continue
         s = {k: m[k] for k in SETTINGS}

@@ -36,7 +36,7 @@ def a_pass(runs_dir, ledger, seeds=(0,), runs=RUNS, trainer=in_process):
                         trainer=trainer, threads=1)
 
 def plan(runs_dir, ledger, runs=RUNS, **kw):
-    return reproduce.plan_runs(list(RUNS), [0, 1], runs_dir, runs, ledger, SMOKE, **kw)
+    return reproduce.plan_runs(list(RUNS), [0, 1], runs_dir, runs, ledger, SMOKE, always=QUICK, **kw)
 
 def stems(entry): return sorted(f.name for f in (entry / "evals").iterdir())
 
@@ -111,13 +111,23 @@ def test_a_pass_stopped_between_two_runs_and_continued_elsewhere_trains_only_the
            in_process(o, log))
     assert again == ["cls_s0"] and L.current(lg, "cls", 0, RUNS, SMOKE)
 
+def test_a_pass_stopped_while_it_evaluated_evaluates_the_rest_and_trains_nothing(passed):
+    runs, lg = passed
+    gone = lg / "none_s1" / "evals" / "last_euler_k2_g1_n16_s0_b500.json"       # seed 0's notebook asked for it
+    kept = gone.read_text(); gone.unlink()                                     # the sitting ended before it
+    assert plan(runs, lg) == {
+        ("none", 1): "none_s1: 1 of its evaluations missing (a pass stopped while it evaluated)"}
+    a_pass(runs, lg, seeds=[0, 1], trainer=never)                              # evaluated again, not trained
+    assert json.loads(gone.read_text()) == json.loads(kept) and plan(runs, lg) == {}
+
 def _finished(folder):
     "A finished run folder as training leaves it, untrained (plans read notes and manifests, not weights)"
     (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
     torch.save(dict(step=4), folder / "checkpoints" / "last.pt")
     (folder / "manifest.json").write_text(json.dumps(dict(metrics=dict(final_loss=0.5), timings=dict(train_s=6.0))))
 
-def test_a_fine_tuning_needs_its_init_here_unless_it_only_awaits_its_record(tmp_path):
+def test_a_fine_tuning_needs_its_init_here_unless_it_only_awaits_its_record(tmp_path, monkeypatch):
+    monkeypatch.setattr(reproduce, "evals_missing", lambda *a: 0)      # unevaluated fakes: evaluations are not asked
     fake = {"base": (dict(dataset="digits", guidance="none"), ""),
             "child": (dict(dataset="digits", guidance="offline", init="@base"), "")}
     runs, lg = tmp_path / "runs", tmp_path / "ledger"
