@@ -13,20 +13,21 @@ Paper scale (GPUs; the same registry at the dataset's recipe, `selfguide.scale`)
         --launch "torchrun --standalone --nproc_per_node 4" [--encoder-weights /weights/dino_vits16.pth]
 
 Runs are shared between results (Table 1's rows are Table 2's full method, autoguidance's main models, Fig. 15's
-curves, and its unconditional run is what the Fig. 3 sweep clusters); the registry is `selfguide.registry.RUNS`.
-Run folders go to `runs/reproduce/<name>_s<seed>/` (checkpoints, samples; never committed). What survives a change of
+curves, and its unconditional run is what the Fig. 3 sweep clusters); the registry is `selfguide.registry.RUNS`. Run
+folders go to `runs/reproduce/<name>_s<seed>/` (checkpoints, samples; never committed). What survives a change of
 machine is the ledger, `outputs/ledger/` (`selfguide.ledger`): as soon as a run finishes, its entry is written (its
 options and their key, the revision of the code that trains it, CPU, minutes, loss) and it is evaluated on what the
 results need of it: `EVAL` on its last checkpoint, and every evaluation the ledger holds of the same run at another
-seed. The result notebooks (`reproduce_notebooks.py`) add the evaluations they ask for. `make reproduce` commits
-nothing: commit outputs/ as runs finish; a pass continued from the committed outputs/, here or on another machine,
-trains only the runs whose entry is missing or stale (other options, or code that does not train alike:
-`selfguide.ledger.SAME_TRAINING`), and an init again where a fine-tuning needs its checkpoint and it is not here.
-`all` goes seed by seed and runs the notebooks once after seed 0's runs, so that seeds 1 and 2 are evaluated on
-exactly what seed 0's notebooks asked for. At paper scale the run folders are the only record (no ledger).
+seed. Which runs a pass trains, records or evaluates, and why: `reproduce_plan.py`. The result notebooks
+(`reproduce_notebooks.py`) add the evaluations they ask for. `make reproduce` commits nothing: commit outputs/ as
+runs finish; a pass continued from the committed outputs/, here or on another machine, trains only the runs whose
+entry is missing or stale (other options, or code that does not train alike: `selfguide.ledger.SAME_TRAINING`), and
+an init again where a fine-tuning needs its checkpoint and it is not here. `all` goes seed by seed and runs the
+notebooks once after seed 0's runs, so that seeds 1 and 2 are evaluated on exactly what seed 0's notebooks asked
+for. At paper scale the run folders are the only record (no ledger).
 """
 from __future__ import annotations
-import argparse, json, multiprocessing, os, shlex, shutil, subprocess, sys, time
+import argparse, multiprocessing, os, shlex, shutil, subprocess, sys, time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -34,12 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "experiments")]
 import torch  # noqa: E402
 from selfguide.registry import RUNS, run_folder, run_options, run_order, depends_on, is_finished  # noqa: E402
-from selfguide.ledger import (alike, code_rev, entry_folder, read_link, read_run, record_run, recorded_evals,  # noqa
-                              run_key, stale, start_run, log_phase, pass_time, sittings)
+from selfguide.ledger import read_run, record_run, start_run, log_phase, pass_time, sittings  # noqa: E402
 from selfguide.results import EVAL, evaluate_cached  # noqa: E402
-from selfguide.sample import ADAPTIVE  # noqa: E402
 from selfguide.scale import registry, scale_of  # noqa: E402
 from selfguide.config import RECIPES  # noqa: E402
+from reproduce_plan import run_state, plan_runs, todo_runs, needed_evals  # noqa: E402,F401  (tests: todo_runs)
 from reproduce_notebooks import (RUNS_DIR, OUTPUTS, NOTEBOOKS, PAPER_NOTEBOOKS, PATHS, CPU_INTRO,  # noqa: E402
                                  PAPER_INTRO, notebook_command, run_notebooks, write_readme)
 
@@ -51,69 +51,6 @@ def cli_args(opts: dict) -> list[str]:
         flag = "--" + k.replace("_", "-")
         out += [flag if v else "--no-" + flag[2:]] if isinstance(v, bool) else [flag, str(v)]
     return out
-
-
-def run_state(ledger, name: str, seed: int, folder: Path, runs=RUNS, over=None, retrained=()) -> str:
-    """What a pass does with the folder of a (run, seed) it trains: 'record' (a ledger pass trained it here, with
-    today's key and code, from the ledger's inits), 'resume' (the same, unfinished), else 'fresh'"""
-    link = read_link(folder)
-    if link is None or link["key"] != run_key(name, seed, runs, over) or link["code_rev"] not in alike(code_rev()):
-        return "fresh"
-    for d in depends_on(name, runs):                                  # started from the ledger's init, not retrained
-        init = (read_run(entry_folder(ledger, d, seed)) or {}).get("run_id")
-        if (d, seed) in retrained or link["deps"].get(d) != init: return "fresh"
-    return "record" if is_finished(folder) else "resume"
-
-
-def plan_runs(names, seeds, runs_dir=RUNS_DIR, runs=RUNS, ledger=None, over=None, retrain=(),
-              always: dict = EVAL) -> dict:
-    """{(name, seed): why it trains} of a pass, seed by seed, dependencies first. With a ledger: the runs whose entry
-    is missing or stale (or in `retrain`), a fine-tuning whose init trains again, an init whose checkpoint a
-    fine-tuning needs and is not here, and a run here whose evaluations a stopped pass left unfinished (it is only
-    evaluated); without: the runs not finished in `runs_dir`"""
-    order = [(n, s) for s in seeds for n in run_order(names, runs)]
-    if ledger is None: return {x: "not finished" for x in order if not is_finished(run_folder(runs_dir, *x))}
-    todo = {x: f"{x[0]}_s{x[1]}: asked for (--retrain)" if x in retrain else stale(ledger, *x, runs, over)
-            for x in order}
-    todo = {x: why for x, why in todo.items() if why}
-    def here(n, s):                                                   # the ledger's training of (n, s), finished here
-        f = run_folder(runs_dir, n, s)
-        return is_finished(f) and (read_link(f) or {}).get("run_id") == (read_run(entry_folder(ledger, n, s)) or {}
-                                                                           ).get("run_id")
-    evaluate = {x: f"{x[0]}_s{x[1]}: {k} of its evaluations missing (a pass stopped while it evaluated)" for x in order
-                if x not in todo and here(*x) and (k := evals_missing(ledger, *x, run_folder(runs_dir, *x), always))}
-    grew = True
-    while grew:
-        grew = False
-        for n, s in order:
-            if (n, s) not in todo and (d := next((d for d in depends_on(n, runs) if (d, s) in todo), None)):
-                todo[(n, s)], grew = f"{n}_s{s}: its init {d}_s{s} trains again", True
-        for n, s in list(todo):
-            if run_state(ledger, n, s, run_folder(runs_dir, n, s), runs, over, todo) == "record": continue
-            for d in depends_on(n, runs):
-                if (d, s) not in todo and not here(d, s):
-                    todo[(d, s)], grew = f"{d}_s{s}: the init of {n}_s{s}, its checkpoint is not here", True
-    return {x: todo.get(x) or evaluate[x] for x in order if x in todo or x in evaluate}
-
-
-def todo_runs(names, seeds, runs_dir=RUNS_DIR, runs=RUNS, ledger=None, over=None, retrain=()) -> list[tuple[str, int]]:
-    "(name, seed) of the runs still to train, seed by seed, dependencies first (`plan_runs`)"
-    return list(plan_runs(names, seeds, runs_dir, runs, ledger, over, retrain))
-
-
-def needed_evals(ledger, name: str, always: dict = EVAL) -> list[tuple[str, dict]]:
-    """(checkpoint stem, settings) of what the results need of run `name`: `always` on its last checkpoint, and each
-    evaluation the ledger holds of `name` at any seed (what seed 0's notebooks asked for, seeds 1 and 2 get at once)"""
-    s = {**EVAL, **always}
-    if s["solver"] not in ADAPTIVE: s["rtol"] = s["atol"] = None
-    return [("last", s), *[x for x in recorded_evals(ledger, name) if x != ("last", s)]]
-
-
-def evals_missing(ledger, name: str, seed: int, folder: Path, always: dict = EVAL) -> int:
-    "How many of `needed_evals` the ledger entry of (`name`, `seed`) lacks whose checkpoint `folder` has"
-    have = {(ck, json.dumps(s, sort_keys=True)) for ck, s in recorded_evals(ledger, name, seed)}
-    return sum((ck, json.dumps(s, sort_keys=True)) not in have and (folder / "checkpoints" / f"{ck}.pt").exists()
-               for ck, s in needed_evals(ledger, name, always))
 
 
 def record_and_evaluate(ledger, name: str, seed: int, folder: Path, runs=RUNS, over=None, always: dict = EVAL,
@@ -282,11 +219,12 @@ def main(argv=None) -> None:
     if a.retrain and (not a.only or ledger is None): p.error("--retrain takes the runs it trains again (--only) "
                                                              "and a ledger (CPU scale)")
     if a.what == "list":
+        plan = plan_runs(names, seeds, a.runs_dir, runs, ledger) if ledger is not None else {}
+        what = lambda x: ("evaluate" if "evaluations missing" in plan[x] else "todo") if x in plan else "current"
         for n in names:
             here = ["here" if is_finished(run_folder(a.runs_dir, n, s)) else "" for s in seeds]
             state = [h or "todo" for h in here] if ledger is None else [
-                "+".join(x for x in ("current" if not stale(ledger, n, s, runs) else "todo", h) if x)
-                for s, h in zip(seeds, here)]
+                "+".join(x for x in (what((n, s)), h) if x) for s, h in zip(seeds, here)]
             print(n, state, runs[n][1])
         return
     def train(s):                           # each phase's wall time goes to <ledger>/sittings.csv as it goes on

@@ -127,7 +127,7 @@ def _finished(folder):
     (folder / "manifest.json").write_text(json.dumps(dict(metrics=dict(final_loss=0.5), timings=dict(train_s=6.0))))
 
 def test_a_fine_tuning_needs_its_init_here_unless_it_only_awaits_its_record(tmp_path, monkeypatch):
-    monkeypatch.setattr(reproduce, "evals_missing", lambda *a: 0)      # unevaluated fakes: evaluations are not asked
+    monkeypatch.setattr(sys.modules["reproduce_plan"], "evals_missing", lambda *a: 0)  # unevaluated fakes: not asked
     fake = {"base": (dict(dataset="digits", guidance="none"), ""),
             "child": (dict(dataset="digits", guidance="offline", init="@base"), "")}
     runs, lg = tmp_path / "runs", tmp_path / "ledger"
