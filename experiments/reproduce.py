@@ -39,7 +39,7 @@ from selfguide.ledger import read_run, record_run, start_run, log_phase, pass_ti
 from selfguide.results import EVAL, evaluate_cached  # noqa: E402
 from selfguide.scale import registry, scale_of  # noqa: E402
 from selfguide.config import RECIPES  # noqa: E402
-from reproduce_plan import run_state, plan_runs, todo_runs, needed_evals  # noqa: E402,F401  (tests: todo_runs)
+from reproduce_plan import EVALUATE_ONLY, run_state, plan_runs, needed_evals  # noqa: E402
 from reproduce_notebooks import (RUNS_DIR, OUTPUTS, NOTEBOOKS, PAPER_NOTEBOOKS, PATHS, CPU_INTRO,  # noqa: E402
                                  PAPER_INTRO, notebook_command, run_notebooks, write_readme)
 
@@ -111,7 +111,8 @@ def train_all(names, seeds, jobs: int = 1, runs_dir=RUNS_DIR, runs=RUNS, launch:
     (default: a subprocess); `progress(runs finished and recorded)` is called after each"""
     plan = plan_runs(names, seeds, runs_dir, runs, ledger, over, retrain, always)
     todo, jobs = list(plan), max(1, jobs)
-    minutes = {x: expected_minutes({**runs[x[0]][0], **(over or {})}, x[0], ledger) for x in todo}
+    minutes = {x: 0.0 if plan[x].endswith(EVALUATE_ONLY) else  # no training, only its evaluations
+               expected_minutes({**runs[x[0]][0], **(over or {})}, x[0], ledger) for x in todo}
     done = len(run_order(names, runs)) * len(seeds) - len(todo)
     print(f"reproduce: {len(todo)} runs to train ({done} {'current in the ledger' if ledger else 'finished'} already)"
           f", about {eta(sum(minutes.values()) / jobs)} of training at {jobs} at a time", flush=True)
@@ -220,7 +221,7 @@ def main(argv=None) -> None:
                                                              "and a ledger (CPU scale)")
     if a.what == "list":
         plan = plan_runs(names, seeds, a.runs_dir, runs, ledger) if ledger is not None else {}
-        what = lambda x: ("evaluate" if "evaluations missing" in plan[x] else "todo") if x in plan else "current"
+        what = lambda x: ("evaluate" if plan[x].endswith(EVALUATE_ONLY) else "todo") if x in plan else "current"
         for n in names:
             here = ["here" if is_finished(run_folder(a.runs_dir, n, s)) else "" for s in seeds]
             state = [h or "todo" for h in here] if ledger is None else [

@@ -11,6 +11,9 @@ from selfguide.sample import ADAPTIVE
 from reproduce_notebooks import RUNS_DIR
 
 
+EVALUATE_ONLY = "(a pass stopped while it evaluated)"  # the end of the reason of a run a pass only evaluates
+
+
 def run_state(ledger, name: str, seed: int, folder: Path, runs=RUNS, over=None, retrained=()) -> str:
     """What a pass does with the folder of a (run, seed) it trains: 'record' (a ledger pass trained it here, with
     today's key and code, from the ledger's inits), 'resume' (the same, unfinished), else 'fresh'"""
@@ -38,7 +41,7 @@ def plan_runs(names, seeds, runs_dir=RUNS_DIR, runs=RUNS, ledger=None, over=None
         f = run_folder(runs_dir, n, s)
         return is_finished(f) and (read_link(f) or {}).get("run_id") == (read_run(entry_folder(ledger, n, s)) or {}
                                                                            ).get("run_id")
-    evaluate = {x: f"{x[0]}_s{x[1]}: {k} of its evaluations missing (a pass stopped while it evaluated)" for x in order
+    evaluate = {x: f"{x[0]}_s{x[1]}: {k} of its evaluations missing {EVALUATE_ONLY}" for x in order
                 if x not in todo and here(*x) and (k := evals_missing(ledger, *x, run_folder(runs_dir, *x), always))}
     grew = True
     while grew:
@@ -52,11 +55,6 @@ def plan_runs(names, seeds, runs_dir=RUNS_DIR, runs=RUNS, ledger=None, over=None
                 if (d, s) not in todo and not here(d, s):
                     todo[(d, s)], grew = f"{d}_s{s}: the init of {n}_s{s}, its checkpoint is not here", True
     return {x: todo.get(x) or evaluate[x] for x in order if x in todo or x in evaluate}
-
-
-def todo_runs(names, seeds, runs_dir=RUNS_DIR, runs=RUNS, ledger=None, over=None, retrain=()) -> list[tuple[str, int]]:
-    "(name, seed) of the runs still to train, seed by seed, dependencies first (`plan_runs`)"
-    return list(plan_runs(names, seeds, runs_dir, runs, ledger, over, retrain))
 
 
 def needed_evals(ledger, name: str, always: dict = EVAL) -> list[tuple[str, dict]]:

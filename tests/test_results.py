@@ -27,7 +27,7 @@ def test_cli_args_spell_booleans_and_values():
 
 def test_finished_runs_are_skipped(tmp_path, monkeypatch):
     _finish(tmp_path / "base_s0"); (tmp_path / "child_s0").mkdir()     # child s0 started, not finished
-    assert reproduce.todo_runs(["child"], [0, 1], tmp_path, FAKE) == [("child", 0), ("base", 1), ("child", 1)]
+    assert list(reproduce.plan_runs(["child"], [0, 1], tmp_path, FAKE)) == [("child", 0), ("base", 1), ("child", 1)]
     calls = []
     monkeypatch.setattr(reproduce.subprocess, "run",
                         lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
