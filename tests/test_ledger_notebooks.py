@@ -9,7 +9,8 @@ from fastcore.nbio import read_nb
 from execnb.shell import CaptureShell
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ("table2_ablations", "fig11_guidance", "autoguidance", "fig04_training", "fig16_clusters")  # cheap ones
+NOTEBOOKS = ("table2_ablations", "fig11_guidance", "autoguidance", "fig04_training", "fig16_clusters",  # cheap ones
+             "fig09_clusters")
 STOPS = ("fig19_trajectory", "fig05_query")  # every part loads a checkpoint: from the ledger alone they stop (NotHere)
 
 
@@ -50,7 +51,7 @@ def twice(tmp_path_factory):
 
 def test_the_tables_are_the_same_from_the_ledger_alone(twice):
     d, first, second, trained = twice
-    assert len(trained) == 12 and not (d / "runs").exists()            # nothing trained the second time
+    assert len(trained) == 13 and not (d / "runs").exists()            # nothing trained the second time
     for n in NOTEBOOKS:
         assert first[n][1] and first[n][1] == second[n][1], n         # every CSV, row for row
     assert "not trained (left out): none" in second["table2_ablations"][0]
@@ -80,6 +81,9 @@ def test_the_notebooks_say_which_checkpoint_parts_they_skipped(twice):
     for part, run in (("Fig. 17 (offline clusters) and Fig. 18", "digits_offline"),
                       ("Fig. 17 (online prototypes)", "digits_online")):
         assert f"{part}: skipped, {run} seed 0 is not here with its checkpoint (in the ledger only)." in f16[2], part
+    f9 = second["fig09_clusters"]                       # the purity of each seed from the ledger, the grid skipped
+    assert "![fig09_digits]" in first["fig09_clusters"][2] and "![fig09_" not in f9[2]
+    assert "the grid of digits_online: skipped, digits_online seed 0 is not here with its checkpoint" in f9[2]
     gone = _reproduce_notebooks().GONE                  # the pass keeps the committed outputs of a notebook so stopped
     for n, run in (("fig19_trajectory", "digits_online"), ("fig05_query", "digits_online_patch")):
         e = second[n]
