@@ -10,7 +10,7 @@ from execnb.shell import CaptureShell
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ("table2_ablations", "fig11_guidance", "autoguidance", "fig04_training", "fig16_clusters",  # cheap ones
-             "fig09_clusters")
+             "fig09_clusters", "sweep_nmi_ari")
 STOPS = ("fig19_trajectory", "fig05_query")  # every part loads a checkpoint: from the ledger alone they stop (NotHere)
 
 
@@ -51,7 +51,7 @@ def twice(tmp_path_factory):
 
 def test_the_tables_are_the_same_from_the_ledger_alone(twice):
     d, first, second, trained = twice
-    assert len(trained) == 13 and not (d / "runs").exists()            # nothing trained the second time
+    assert len(trained) == 14 and not (d / "runs").exists()            # nothing trained the second time
     for n in NOTEBOOKS:
         assert first[n][1] and first[n][1] == second[n][1], n         # every CSV, row for row
     assert "not trained (left out): none" in second["table2_ablations"][0]
