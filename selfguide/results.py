@@ -21,12 +21,13 @@ from .ledger import eval_stem, read_eval, write_eval
 from .render import *
 
 # %% auto #0
-__all__ = ['SMOKE', 'SMOKE_EVAL', 'LEDGER', 'EVAL', 'SCORING', 'RunsDir', 'run_source', 'finished_runs', 'local_runs', 'run_here',
-           'smoke_runs', 'setup_result', 'NotHere', 'eval_name', 'ledger_entry', 'retrain_command', 'evaluate_cached',
-           'cached_samples', 'kept_checkpoints', 'evaluate_checkpoints', 'ledger_cached', 'seed_rows', 'eval_label',
-           'KEEP', 'SMALL', 'PAPER_READOUT', 'ONLINE_PAPER', 'RUNS', 'run_folder', 'run_options', 'depends_on',
-           'run_order', 'is_finished', 'METRICS', 'SCORES', 'over_seeds', 'spread', 'pm', 'plot_band', 'PAPER_TABLES',
-           'paper_table', 'markdown_table', 'write_summary', 'save_samples', 'check_result']
+__all__ = ['GRIDS', 'SMOKE', 'SMOKE_EVAL', 'LEDGER', 'EVAL', 'SCORING', 'RunsDir', 'run_source', 'finished_runs', 'local_runs',
+           'run_here', 'grid_drawn', 'grid_kept', 'smoke_runs', 'setup_result', 'NotHere', 'eval_name', 'ledger_entry',
+           'retrain_command', 'evaluate_cached', 'cached_samples', 'kept_checkpoints', 'evaluate_checkpoints',
+           'ledger_cached', 'seed_rows', 'eval_label', 'KEEP', 'SMALL', 'PAPER_READOUT', 'ONLINE_PAPER', 'RUNS',
+           'run_folder', 'run_options', 'depends_on', 'run_order', 'is_finished', 'METRICS', 'SCORES', 'over_seeds',
+           'spread', 'pm', 'plot_band', 'PAPER_TABLES', 'paper_table', 'markdown_table', 'write_summary',
+           'save_samples', 'check_result']
 
 # %% ../nbs/10_results.ipynb #c002a
 _all_ = ["KEEP", "SMALL", "PAPER_READOUT", "ONLINE_PAPER", "RUNS", "run_folder", "run_options", "depends_on",
@@ -66,6 +67,47 @@ def run_here(runs_dir, name: str, seed: int, part: str, notes: list | None = Non
     print(note)
     if notes is not None: notes.append(note)
     return None
+
+GRIDS = "grids.json"  # in a result's folder: the trainings (run ids) and settings each of its grids was drawn from
+
+def _trainings(runs_dir, names, seed: int) -> list | None:
+    "The run ids of runs `names` at `seed` where each is here with its checkpoint (else None)"
+    here = [local_runs(runs_dir, n, [seed]).get(seed) for n in names]
+    ids = [None if f is None else (read_link(f) or {}).get("run_id") for f in here]
+    return None if None in ids else ids
+
+def _ledger_trainings(runs_dir, names, seed: int) -> list | None:
+    "The run ids of runs `names` at `seed` as read now, here or from the ledger (None where one is not trained)"
+    ids = [(read_run(f) or read_link(f) or {}).get("run_id") if (f := run_source(runs_dir, n, seed)) else None
+           for n in names]
+    return None if None in ids else ids
+
+def grid_drawn(out, png: str, runs_dir, names, seed: int, settings: dict | None = None) -> str:
+    """Note in `out`/grids.json that `png` was drawn from runs `names` at `seed`, all here with their checkpoints
+    (their run ids), at `settings`; a grid drawn from fewer is not noted (it cannot stand in for the whole)"""
+    p, names = Path(out) / GRIDS, list(names)
+    rec = json.loads(p.read_text()) if p.is_file() else {}
+    ids = _trainings(runs_dir, names, seed)
+    if ids is None: rec.pop(png, None)
+    else: rec[png] = dict(run_ids=ids, settings=json.loads(json.dumps(settings or {})))
+    atomic_write(p, lambda f: f.write((json.dumps(rec, indent=1, sort_keys=True) + "\n").encode()))
+    return png
+
+def grid_kept(out, png: str, runs_dir, names, seed: int, part: str, notes: list | None = None,
+              settings: dict | None = None) -> bool:
+    """Whether `out`/`png` stands as drawn before: some of runs `names` (seed `seed`) are not here with their
+    checkpoints, and `grid_drawn` noted it from the very trainings read now (here or in the ledger), at `settings`"""
+    names = list(names)
+    if _trainings(runs_dir, names, seed) is not None: return False          # all here: draw it again
+    p = Path(out) / GRIDS
+    rec = (json.loads(p.read_text()) if p.is_file() else {}).get(png)
+    if (rec is None or not (Path(out) / png).is_file() or rec["run_ids"] != _ledger_trainings(runs_dir, names, seed)
+            or rec["settings"] != json.loads(json.dumps(settings or {}))): return False
+    note = (f"{part}: kept as drawn earlier from the same training{'s' * (len(names) > 1)} (seed {seed}; "
+            f"{', '.join(names)} not all here with their checkpoints).")
+    print(note)
+    if notes is not None: notes.append(note)
+    return True
 
 # %% ../nbs/10_results.ipynb #c007
 SMOKE = dict(steps=4, ckpt_every=2, warmup_steps=1, batch_size=32, monitor_every=2, monitor_images=64)
