@@ -209,7 +209,11 @@ def main(argv=None) -> None:
         names = a.only or list(known)
         unknown = [n for n in names if n not in known]
         if unknown: sys.exit(f"reproduce: unknown results {unknown}; known: {', '.join(known)}")
-        if a.what == "notebooks": run_notebooks(names, a.seeds, a.runs_dir, outputs, **params)
+        if a.what == "notebooks":           # its wall time, too, goes to <ledger>/sittings.csv
+            t0, ok, phase = time.time(), False, f"notebooks, {a.seeds} seed{'s' * (a.seeds > 1)}" + (
+                f" ({', '.join(names)})" if a.only else "")
+            try: run_notebooks(names, a.seeds, a.runs_dir, outputs, **params); ok = True
+            finally: log_phase(ledger, phase if ok else phase + " (stopped)", t0)
         print(f"wrote {write_readme(known, outputs, intro)}")
         return
     try: runs = registry(a.dataset, a.data_root, a.vae, a.latents, a.encoder_weights)[0] if paper else RUNS

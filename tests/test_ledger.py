@@ -184,3 +184,6 @@ def test_all_runs_seed_0s_notebooks_once_and_logs_each_phase_of_a_sitting(tmp_pa
     reproduce.main(args)
     assert calls == [("train", (0,)), ("train", (1,)), ("notebooks", 2)], calls
     assert "of which seed 0's training and its notebooks" in reproduce.pass_time(led)
+    reproduce.main(["notebooks", "--seeds", "2", "--only", "autoguidance", *args[3:]])  # the notebooks alone, too
+    assert calls[-1] == ("notebooks", 2), calls
+    assert list(csv.DictReader((led / "sittings.csv").open()))[-1]["phase"] == "notebooks, 2 seeds (autoguidance)"
