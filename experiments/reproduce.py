@@ -175,6 +175,14 @@ def expected_minutes(opts: dict, name: str | None = None, ledger=None) -> float:
 
 
 
+def notebooks_phase(ledger, names, n: int, runs_dir, outputs, label: str = "", **params) -> None:
+    """Run result notebooks `names` with `n` seeds; their wall time is a phase of <ledger>/sittings.csv ("notebooks,
+    n seeds" + `label`), kept as "... (stopped)" where the phase is cut short (Ctrl-C)"""
+    t0, ok, phase = time.time(), False, f"notebooks, {n} seed{'s' * (n > 1)}{label}"
+    try: run_notebooks(names, n, runs_dir, outputs, **params); ok = True
+    finally: log_phase(ledger, phase if ok else phase + " (stopped)", t0)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="reproduce", description=__doc__.split("\n")[0])
     p.add_argument("what", choices=("train", "notebooks", "readme", "all", "list"))
@@ -209,11 +217,9 @@ def main(argv=None) -> None:
         names = a.only or list(known)
         unknown = [n for n in names if n not in known]
         if unknown: sys.exit(f"reproduce: unknown results {unknown}; known: {', '.join(known)}")
-        if a.what == "notebooks":           # its wall time, too, goes to <ledger>/sittings.csv
-            t0, ok, phase = time.time(), False, f"notebooks, {a.seeds} seed{'s' * (a.seeds > 1)}" + (
-                f" ({', '.join(names)})" if a.only else "")
-            try: run_notebooks(names, a.seeds, a.runs_dir, outputs, **params); ok = True
-            finally: log_phase(ledger, phase if ok else phase + " (stopped)", t0)
+        if a.what == "notebooks":
+            notebooks_phase(ledger, names, a.seeds, a.runs_dir, outputs, f" ({', '.join(names)})" if a.only else "",
+                            **params)
         print(f"wrote {write_readme(known, outputs, intro)}")
         return
     try: runs = registry(a.dataset, a.data_root, a.vae, a.latents, a.encoder_weights)[0] if paper else RUNS
@@ -240,10 +246,7 @@ def main(argv=None) -> None:
                        retrain={(n, x) for n in names for x in s} if a.retrain else (), progress=progress)
         finally: log_phase(ledger, phase, t0, done[0])
         return done[0]
-    def notebooks(n):                       # a stopped phase (Ctrl-C) keeps its minutes as "... (stopped)"
-        t0, phase, ok = time.time(), f"notebooks, {n} seed{'s' * (n > 1)}", False
-        try: run_notebooks(list(known), n, a.runs_dir, outputs, **params); ok = True
-        finally: log_phase(ledger, phase if ok else phase + " (stopped)", t0)
+    def notebooks(n): notebooks_phase(ledger, list(known), n, a.runs_dir, outputs, **params)
     if a.what == "train" or ledger is None: train(seeds)
     else:                                   # all: seed by seed; seed 0's notebooks after its runs, while they are here
         for s in seeds:                     # seed 0's notebooks again only where its runs changed since they ran

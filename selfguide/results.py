@@ -70,16 +70,11 @@ def run_here(runs_dir, name: str, seed: int, part: str, notes: list | None = Non
 
 GRIDS = "grids.json"  # in a result's folder: the trainings (run ids) and settings each of its grids was drawn from
 
-def _trainings(runs_dir, names, seed: int) -> list | None:
-    "The run ids of runs `names` at `seed` where each is here with its checkpoint (else None)"
-    here = [local_runs(runs_dir, n, [seed]).get(seed) for n in names]
-    ids = [None if f is None else (read_link(f) or {}).get("run_id") for f in here]
-    return None if None in ids else ids
-
-def _ledger_trainings(runs_dir, names, seed: int) -> list | None:
-    "The run ids of runs `names` at `seed` as read now, here or from the ledger (None where one is not trained)"
-    ids = [(read_run(f) or read_link(f) or {}).get("run_id") if (f := run_source(runs_dir, n, seed)) else None
-           for n in names]
+def _run_ids(runs_dir, names, seed: int, here: bool = True) -> list | None:
+    """The run ids of runs `names` at `seed`, each here with its checkpoint (`here`) or as read now, here or from the
+    ledger; None where one is missing"""
+    src = [(local_runs(runs_dir, n, [seed]) if here else finished_runs(runs_dir, n, [seed])).get(seed) for n in names]
+    ids = [None if f is None else (read_run(f) or read_link(f) or {}).get("run_id") for f in src]
     return None if None in ids else ids
 
 def grid_drawn(out, png: str, runs_dir, names, seed: int, settings: dict | None = None) -> str:
@@ -87,7 +82,7 @@ def grid_drawn(out, png: str, runs_dir, names, seed: int, settings: dict | None 
     (their run ids), at `settings`; a grid drawn from fewer is not noted (it cannot stand in for the whole)"""
     p, names = Path(out) / GRIDS, list(names)
     rec = json.loads(p.read_text()) if p.is_file() else {}
-    ids = _trainings(runs_dir, names, seed)
+    ids = _run_ids(runs_dir, names, seed)
     if ids is None: rec.pop(png, None)
     else: rec[png] = dict(run_ids=ids, settings=json.loads(json.dumps(settings or {})))
     atomic_write(p, lambda f: f.write((json.dumps(rec, indent=1, sort_keys=True) + "\n").encode()))
@@ -98,10 +93,10 @@ def grid_kept(out, png: str, runs_dir, names, seed: int, part: str, notes: list 
     """Whether `out`/`png` stands as drawn before: some of runs `names` (seed `seed`) are not here with their
     checkpoints, and `grid_drawn` noted it from the very trainings read now (here or in the ledger), at `settings`"""
     names = list(names)
-    if _trainings(runs_dir, names, seed) is not None: return False          # all here: draw it again
+    if _run_ids(runs_dir, names, seed) is not None: return False          # all here: draw it again
     p = Path(out) / GRIDS
     rec = (json.loads(p.read_text()) if p.is_file() else {}).get(png)
-    if (rec is None or not (Path(out) / png).is_file() or rec["run_ids"] != _ledger_trainings(runs_dir, names, seed)
+    if (rec is None or not (Path(out) / png).is_file() or rec["run_ids"] != _run_ids(runs_dir, names, seed, here=False)
             or rec["settings"] != json.loads(json.dumps(settings or {}))): return False
     note = (f"{part}: kept as drawn earlier from the same training{'s' * (len(names) > 1)} (seed {seed}; "
             f"{', '.join(names)} not all here with their checkpoints).")
