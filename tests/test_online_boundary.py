@@ -37,4 +37,6 @@ def test_the_summary_states_the_boundary_from_the_csvs(tmp_path):
     assert "| paper_1500 | 2 | 1500 | 0.15 ± 0.07 | 0.25 ± 0.07 |" in text and (tmp_path / "nmi.png").is_file()
     df = pd.read_csv(tmp_path / "runs.csv"); df.loc[1, "first_step_at_target"] = 1200
     df.to_csv(tmp_path / "runs.csv", index=False)
-    assert "m* reached NMI 0.4 in 1 of 2 runs: paper_1500 seed 1 at step 1200" in ob.render(tmp_path).read_text()
+    text = ob.render(tmp_path).read_text()
+    assert "in 1 of 2 runs (paper_1500 seed 1 at step 1200); 0 of 2 held it at the end" in text, text
+    assert "| 0.20 | 1200 | 10.00 |" in text, text                                    # the step as an integer
