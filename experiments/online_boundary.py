@@ -94,17 +94,13 @@ def render(out: Path) -> Path:
     stats = pd.DataFrame({"row": list(g.groups), "seeds": g.seed.count().values, "steps": g.steps.first().values,
                           **{c: [pm(m, s) for m, s in zip(g[c].mean(), g[c].std())] for c in cols}})
     reached, held = runs[runs.first_step_at_target.notna()], runs[runs.nmi_m_star >= TARGET]
+    where = ", ".join(f"{r.row} seed {r.seed} at step {int(r.first_step_at_target)}" for r in reached.itertuples())
     verdict = (f"m* reached NMI {TARGET} at a monitored step (every 100 steps, 500 images) in {len(reached)} of "
-               f"{len(runs)} runs (" + ", ".join(f"{r.row} seed {r.seed} at step {int(r.first_step_at_target)}"
-                                            for r in reached.itertuples()) +
-               f"); {len(held)} of {len(runs)} held it at the end (whole training set; largest "
-               f"{runs.nmi_m_star.max():.2f})."
-               if len(reached) else
-               f"No run reached m* NMI {TARGET} at any monitored step (every 100 steps, 500 images) nor at the end "
-               f"(whole training set): the largest was {runs.nmi_max_monitored.max():.2f} monitored and "
-               f"{runs.nmi_m_star.max():.2f} at the end.")
-    verdict += (f" Runs of up to {runs.train_min.max():.0f} minutes on {', '.join(sorted(set(runs.cpu)))}, "
-                "one thread each.")
+               f"{len(runs)} runs{f' ({where})' if where else ''}; {len(held)} held it at the end (whole training "
+               "set). "
+               f"The largest was {runs.nmi_max_monitored.max():.2f} monitored and {runs.nmi_m_star.max():.2f} at the "
+               f"end, in runs of up to {runs.train_min.max():.0f} minutes on {', '.join(sorted(set(runs.cpu)))}, "
+               "one thread each.")
     fig, ax = plt.subplots(figsize=(7, 3.6))
     for i, (row, c) in enumerate(curves.groupby("row", sort=False)):
         for j, (seed, d) in enumerate(c.groupby("seed")):
