@@ -49,7 +49,8 @@ def _add_autoguide_options(p: argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     "The `selfguide` argument parser"
-    p = argparse.ArgumentParser(prog="selfguide", description="Guided diffusion from self-supervised diffusion features")
+    p = argparse.ArgumentParser(prog="selfguide",
+                                description="Guided diffusion from self-supervised diffusion features")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="show an error's traceback instead of one line (before the command: selfguide --debug train)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -60,9 +61,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--solver", default="dopri5", choices=SOLVERS)
     s.add_argument("--steps", type=int, default=50, help="steps of fixed-step solvers and the SDE")
     s.add_argument("--g", type=float, default=0.4, help="guidance strength (Eq. 17)")
-    s.add_argument("--class", dest="cls", type=int, default=None, help="condition every sample on this class (class guidance)")
-    s.add_argument("--prototype", type=int, default=None, help="online runs: condition every sample (every patch) on prototype K")
-    s.add_argument("--query", default=None, help="online runs: an image file; all samples share its prototype (or per-patch prototypes)")
+    s.add_argument("--class", dest="cls", type=int, default=None,
+                   help="condition every sample on this class (class guidance)")
+    s.add_argument("--prototype", type=int, default=None,
+                   help="online runs: condition every sample (every patch) on prototype K")
+    s.add_argument("--query", default=None,
+                   help="online runs: an image file; all samples share its prototype (or per-patch prototypes)")
     s.add_argument("--rtol", type=float, default=1e-5); s.add_argument("--atol", type=float, default=1e-5)
     s.add_argument("--seed", type=int, default=0); s.add_argument("--batch-size", type=int, default=500)
     s.add_argument("--device", default="auto")
@@ -76,7 +80,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", default=None, help="reference dataset (default with --run: the run's)")
     e.add_argument("--data-root", default=None)
     e.add_argument("--inception", default=None, help=f"local Inception weights for FID/IS (or set {INCEPTION_ENV})")
-    e.add_argument("--reference-stats", default=None, help="FID against this .npz of Inception mu and sigma (U-ViT's or "
+    e.add_argument("--reference-stats", default=None,
+                   help="FID against this .npz of Inception mu and sigma (U-ViT's or "
                    "ADM's fid_stats files) instead of statistics computed from the data (cached)")
     e.add_argument("--n", type=int, default=None,
                    help=f"samples to draw with --run ({PAPER_N} at paper scale, else 1000)")
@@ -85,7 +90,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--rtol", type=float, default=1e-5); e.add_argument("--atol", type=float, default=1e-5)
     e.add_argument("--batch-size", type=int, default=500, help="samples per chunk (dopri5's samples depend on it)")
     _add_autoguide_options(e)
-    e.add_argument("--device", default="auto"); e.add_argument("--cache-dir", default=None, help="classifier and statistics cache")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--cache-dir", default=None, help="classifier and statistics cache")
     e.add_argument("--out", default=None, help="write the metrics to this .json")
     c = sub.add_parser("encode", help="SD-VAE moments of a dataset and its flips, in shards (--dataset latents)")
     c.add_argument("--dataset", required=True, help="image dataset to encode (lsun, imagenet, imagenet100, ...)")
@@ -137,7 +143,8 @@ def sample_run(run, n=None, solver="dopri5", steps=50, g=0.4, cls=None, rtol=1e-
                          f"pass --vae DIR to decode")
     online, extra = cfg.guidance in ONLINE_MODES, {}
     if (prototype is not None or query is not None) and not online:
-        raise ValueError(f"--prototype and --query need an online run; {run} was trained with guidance={cfg.guidance!r}")
+        raise ValueError(f"--prototype and --query need an online run; {run} was trained with "
+                         f"guidance={cfg.guidance!r}")
     if online:
         if query is not None and vae is None: query = load_image(query, model.in_chans, model.img_size)
         elif query is not None:  # a latent run: the image through the SD-VAE's encoder, as its training images were
@@ -146,17 +153,20 @@ def sample_run(run, n=None, solver="dopri5", steps=50, g=0.4, cls=None, rtol=1e-
             query = encode_images(v, load_image(query, 3, image_side(v, model.img_size)), scale)
         need = model.bootstrap.patch and prototype is None and query is None  # patch layouts of training images
         data = training_data(cfg.dataset, cfg.data_root, cfg.image_size, cfg.vae, cfg.cache_dir) if need else None
-        c, ids = prototype_conditions(model, n, prototype, query, read_manifest(run).get("metrics", {}).get("prototype_counts"),
-                                      data, cfg.path, seed)
+        counts = read_manifest(run).get("metrics", {}).get("prototype_counts")
+        c, ids = prototype_conditions(model, n, prototype, query, counts, data, cfg.path, seed)
         if model.bootstrap.patch: extra["prototype_maps"] = ids.numpy()
         labels = torch.full((n,), -1) if model.bootstrap.patch else ids
     else:
-        c = sample_conditions(cfg.guidance, n, model.num_classes, read_manifest(run).get("clusters", {}).get("counts"), seed)
+        counts = read_manifest(run).get("clusters", {}).get("counts")
+        c = sample_conditions(cfg.guidance, n, model.num_classes, counts, seed)
         labels = c if c is not None else torch.full((n,), -1)
     if cls is not None:
         if online: raise ValueError("--class is for class- or cluster-guided runs; online runs take --prototype")
-        if c is None: raise ValueError(f"--class needs a class- or cluster-guided run; {run} was trained with guidance={cfg.guidance!r}")
-        if not 0 <= cls < model.num_classes: raise ValueError(f"--class must be in [0, {model.num_classes - 1}], got {cls}")
+        if c is None:
+            raise ValueError(f"--class needs a class- or cluster-guided run; {run} was trained with guidance={cfg.guidance!r}")
+        if not 0 <= cls < model.num_classes:
+            raise ValueError(f"--class must be in [0, {model.num_classes - 1}], got {cls}")
         c = labels = torch.full((n,), cls)
     guide, sees_c = load_guide(autoguide, run, cfg, model, c, device) if autoguide is not None else (None, False)
     G = 1.0 if autoguide_g is None else autoguide_g

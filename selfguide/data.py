@@ -28,12 +28,14 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
 
 class ImageDataset(Dataset):
-    "In-memory images `(N, C, H, W)` uint8 (or float latents) with labels `(N,)` (-1 = unknown); items are (float image, label)"
+    "In-memory images `(N, C, H, W)` uint8 (or float latents), labels `(N,)` (-1 = unknown); items: (float image, label)"
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | None = None, name: str = ""):
         if (images.dtype != torch.uint8 and not images.is_floating_point()) or images.ndim != 4:
-            raise ValueError(f"images must be uint8 (or float latents) (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(f"images must be uint8 (or float latents) (N, C, H, W), got {images.dtype} "
+                             f"{tuple(images.shape)}")
         self.images, self.name = images, name
-        self.labels = torch.full((len(images),), -1, dtype=torch.long) if labels is None else torch.as_tensor(labels).long()
+        self.labels = (torch.full((len(images),), -1, dtype=torch.long) if labels is None
+                       else torch.as_tensor(labels).long())
         if len(self.labels) != len(images): raise ValueError(f"{len(images)} images but {len(self.labels)} labels")
     def __len__(self): return len(self.images)
     def __getitem__(self, i): return to_float(self.images[i]), int(self.labels[i])
@@ -46,7 +48,8 @@ class ImageDataset(Dataset):
         h = hashlib.sha1(f"{tuple(self.images.shape)}|{self.images.dtype}".encode())
         h.update(self.images.contiguous().flatten().view(torch.uint8).numpy()); h.update(self.labels.numpy().tobytes())
         return h.hexdigest()[:12]
-    def __repr__(self): return f"ImageDataset({self.name!r}, n={len(self)}, shape={self.shape}, classes={self.num_classes})"
+    def __repr__(self):
+        return f"ImageDataset({self.name!r}, n={len(self)}, shape={self.shape}, classes={self.num_classes})"
 
 # %% ../nbs/00_data.ipynb #c008
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -66,7 +69,8 @@ def load_digits(split: str = "train", image_size: int | None = None) -> ImageDat
     images = resize_uint8(images, image_size or 16)
     labels = torch.from_numpy(d.target)
     perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
-    idx = {"train": perm[DIGITS_TEST:], "test": perm[:DIGITS_TEST], "all": torch.arange(len(images))}[_check_split(split)]
+    idx = {"train": perm[DIGITS_TEST:], "test": perm[:DIGITS_TEST],
+           "all": torch.arange(len(images))}[_check_split(split)]
     return ImageDataset(images[idx], labels[idx], name="digits")
 
 def _check_split(split):
@@ -125,7 +129,8 @@ def load_folder(data_root, image_size: int | None = None) -> ImageDataset:
     if not root.is_dir(): raise NotADirectoryError(f"dataset 'folder': {root} is a file, not a folder (--data-root)")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     files = [(f, -1) for f in sorted(root.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
-    files += [(f, i) for i, c in enumerate(classes) for f in sorted((root / c).rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
+    files += [(f, i) for i, c in enumerate(classes) for f in sorted((root / c).rglob("*"))
+              if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files: raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {root}")
     out, labels, bad = [], [], 0
     for f, y in files:
@@ -141,11 +146,12 @@ def load_folder(data_root, image_size: int | None = None) -> ImageDataset:
     return ImageDataset(torch.stack(out), torch.tensor(labels), name="folder")
 
 def load_image(path, channels: int, size: int) -> torch.Tensor:
-    "One image file as uint8 (1, channels, size, size): centre-cropped, resized, grey (1) or RGB (3); e.g. a query image"
+    "One image file as uint8 (1, channels, size, size): centre-cropped, resized, grey (1) or RGB (3); a query image"
     from PIL import Image
     p = Path(path).expanduser()
     if not p.is_file(): raise FileNotFoundError(f"no image file at {p} (--query)")
-    if channels not in (1, 3): raise ValueError(f"images have 1 or 3 channels, the model has {channels}: pass a dataset image instead")
+    if channels not in (1, 3):
+        raise ValueError(f"images have 1 or 3 channels, the model has {channels}: pass a dataset image instead")
     try: im = Image.open(p).convert("L" if channels == 1 else "RGB")
     except Exception as e: raise ValueError(f"{p} is not an image file (--query): {type(e).__name__}: {e}") from e
     s = min(im.size); l, t = (im.width - s) // 2, (im.height - s) // 2
@@ -155,7 +161,8 @@ def load_image(path, channels: int, size: int) -> torch.Tensor:
 def _existing(data_root, name, what) -> Path:
     if data_root is None: raise ValueError(f"dataset {name!r} needs data_root (--data-root): {what}")
     p = Path(data_root).expanduser()
-    if not p.exists(): raise FileNotFoundError(f"dataset {name!r}: {p} does not exist (set data_root / --data-root to {what})")
+    if not p.exists():
+        raise FileNotFoundError(f"dataset {name!r}: {p} does not exist (set data_root / --data-root to {what})")
     return p
 
 # %% ../nbs/00_data.ipynb #c022

@@ -28,14 +28,15 @@ ONLINE_MODES = ("online", "online_patch")          # modes whose condition is a 
 def check_guidance(guidance: str, num_classes: int = 0) -> None:
     "Raise a clear error when `guidance` is unknown, planned, or needs labels the data lacks"
     if guidance in PLANNED_MODES:
-        raise NotImplementedError(f"guidance {guidance!r} is not implemented yet; available: {', '.join(GUIDANCE_MODES)}")
+        raise NotImplementedError(f"guidance {guidance!r} is not implemented yet; available: "
+                                  f"{', '.join(GUIDANCE_MODES)}")
     if guidance not in GUIDANCE_MODES:
         raise ValueError(f"unknown guidance {guidance!r}; known modes: {', '.join(GUIDANCE_MODES + PLANNED_MODES)}")
     if guidance == "class" and num_classes < 1:
         raise ValueError("guidance='class' needs labels, and this dataset has none (all labels are -1)")
 
 def condition_slot(guidance: str, num_classes: int = 0, online_condition: str = "vector", dim: int = 128) -> dict:
-    "Keyword arguments that size the U-ViT's condition slot for `guidance` (`num_classes`: classes, clusters or prototypes)"
+    "Keyword arguments that size the U-ViT's condition slot for `guidance` (`num_classes`: classes, clusters, prototypes)"
     if guidance in ONLINE_MODES:  # prototype vectors of size `dim`, or one embedding row per prototype
         return dict(cond_dim=dim) if online_condition == "vector" else dict(num_classes=num_classes)
     return dict(num_classes=num_classes) if guidance in LABELLED_MODES else {}
@@ -52,7 +53,8 @@ def sample_conditions(guidance: str, n: int, num_classes: int = 0, counts=None, 
     if guidance not in LABELLED_MODES: return None
     if counts is None or guidance == "class": return torch.arange(n) % num_classes
     p = torch.as_tensor(counts, dtype=torch.float)
-    return torch.multinomial(p / p.sum(), n, replacement=True, generator=torch.Generator().manual_seed(seed)).sort().values
+    g = torch.Generator().manual_seed(seed)
+    return torch.multinomial(p / p.sum(), n, replacement=True, generator=g).sort().values
 
 # %% ../nbs/04_guidance.ipynb #c011
 READOUTS = ("token", "mean", "patches")
@@ -117,7 +119,8 @@ def kmeans(features: torch.Tensor, k: int, seed: int = 0) -> np.ndarray:
         return km.index.search(x, 1)[1][:, 0].astype(np.int64)
     except ImportError:
         from sklearn.cluster import MiniBatchKMeans
-        return MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=2048).fit_predict(x).astype(np.int64)
+        km = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=2048)
+        return km.fit_predict(x).astype(np.int64)
 
 def cluster_scores(assign, labels) -> dict:
     "NMI and ARI of a cluster assignment (N,) against labels (N,); unknown labels (-1) are left out"
@@ -127,11 +130,12 @@ def cluster_scores(assign, labels) -> dict:
     return dict(nmi=float(normalized_mutual_info_score(y, a)), ari=float(adjusted_rand_score(y, a)))
 
 def assignment_stats(assign, num_clusters: int | None = None) -> dict:
-    "Histogram statistics of an assignment (N,) to `num_clusters`: counts, entropy, normalised entropy, used fraction, largest share"
+    "Histogram statistics of an assignment (N,) to `num_clusters`: counts, entropy (and normalised), used share, largest"
     counts = np.bincount(np.asarray(assign), minlength=num_clusters or 0)  # (K,)
     p = counts / counts.sum(); nz = p[p > 0]
     h = float(-(nz * np.log(nz)).sum())
-    return dict(counts=counts.tolist(), entropy=h, entropy_norm=h / float(np.log(len(counts))) if len(counts) > 1 else 0.0,
+    norm = h / float(np.log(len(counts))) if len(counts) > 1 else 0.0
+    return dict(counts=counts.tolist(), entropy=h, entropy_norm=norm,
                 used=float((counts > 0).mean()), largest=float(p.max()))
 
 # %% ../nbs/04_guidance.ipynb #c018b
@@ -162,13 +166,15 @@ def load_encoder(name: str, weights, device="cpu"):
     if (pca := pca_encoder(name)) is not None: return pca                # no weights: fitted on the data it encodes
     import timm
     if weights is None or not Path(weights).is_file():
-        raise FileNotFoundError(f"encoder weights {weights} not found: pass --encoder-weights PATH, a local state dict for timm's {name!r}")
+        raise FileNotFoundError(f"encoder weights {weights} not found: pass --encoder-weights PATH, a local state dict "
+                                f"for timm's {name!r}")
     model = timm.create_model(name, pretrained=False, num_classes=0)
     sd = torch.load(weights, map_location="cpu", weights_only=True)
     sd = sd.get("state_dict", sd.get("model", sd)) if isinstance(sd, dict) else sd
     missing, unexpected = model.load_state_dict({k.removeprefix("module."): v for k, v in sd.items()}, strict=False)
     missing = [k for k in missing if not k.startswith(("head", "fc."))]
-    if missing: raise KeyError(f"{weights} does not fit timm's {name!r}: missing {missing[:5]}{'...' if len(missing) > 5 else ''}")
+    if missing:
+        raise KeyError(f"{weights} does not fit timm's {name!r}: missing {missing[:5]}{'...' if len(missing) > 5 else ''}")
     return model.to(device).eval()
 
 @torch.no_grad()
@@ -178,10 +184,12 @@ def encoder_features(encoder, data, batch_size: int = 128, progress: bool = True
     if isinstance(encoder, PixelPCA): return encoder(images)                                          # (N, k)
     cfg = encoder.pretrained_cfg if hasattr(encoder, "pretrained_cfg") else {}
     size = cfg.get("input_size", (3, 224, 224))[-1]
-    mean, std = (torch.tensor(cfg.get(k, d)).view(1, 3, 1, 1) for k, d in (("mean", (0.485, 0.456, 0.406)), ("std", (0.229, 0.224, 0.225))))
+    mean, std = (torch.tensor(cfg.get(k, d)).view(1, 3, 1, 1)
+                 for k, d in (("mean", (0.485, 0.456, 0.406)), ("std", (0.229, 0.224, 0.225))))
     dev, out = next(encoder.parameters()).device, []
     for xb in tqdm(images.split(batch_size), desc="encoder features", disable=not progress, leave=False):
-        x = xb.float().div(255).expand(-1, 3, -1, -1) if xb.shape[1] == 1 else xb.float().div(255)   # (B, 3, H, W) in [0, 1]
+        x = xb.float().div(255)
+        x = x.expand(-1, 3, -1, -1) if xb.shape[1] == 1 else x   # (B, 3, H, W) in [0, 1]
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         out.append(encoder(((x - mean) / std).to(dev)).float().cpu())                                # (B, F)
     return torch.cat(out)

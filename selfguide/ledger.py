@@ -24,8 +24,10 @@ TRAINS = ["data", "files", "latents", "paths", "uvit", "sinkhorn", "guidance", "
 SAME_TRAINING = {  # code revisions reviewed to train exactly alike: their runs count as this revision's
     # 3d9b52da0e -> f5cf1d0ec6: codes_nmi's head and Sinkhorn run locally (no all_reduce on rank 0 alone), the same
     # numbers in one process; -> 7776c0ac0e: lines wrapped, the fault point moved into train's loop, load_run merged
-    # its state dicts in one expression (the same weights)
+    # its state dicts in one expression (the same weights); -> 060593d779: long lines wrapped
+    # (`tools/same_training.py --against e5523a4`: every checkpoint tensor bitwise equal)
     "7776c0ac0e": ["3d9b52da0e", "f5cf1d0ec6"],
+    "060593d779": ["7776c0ac0e", "3d9b52da0e", "f5cf1d0ec6"],
 }
 
 def code_rev(src=None) -> str:

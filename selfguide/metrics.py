@@ -24,7 +24,8 @@ __all__ = ['INCEPTION_ENV', 'as_images', 'feature_stats', 'frechet_distance', 'k
 def as_images(x) -> torch.Tensor:
     "uint8 (N, C, H, W) from numpy uint8 (N, H, W[, C]) or a tensor (N, C, H, W), uint8 or float in [-1, 1]"
     if isinstance(x, np.ndarray):
-        if x.dtype != np.uint8 or x.ndim not in (3, 4): raise ValueError(f"numpy images must be uint8 (N, H, W[, C]), got {x.dtype} {x.shape}")
+        if x.dtype != np.uint8 or x.ndim not in (3, 4):
+            raise ValueError(f"numpy images must be uint8 (N, H, W[, C]), got {x.dtype} {x.shape}")
         x = torch.from_numpy(x[..., None] if x.ndim == 3 else x).permute(0, 3, 1, 2)   # (N, C, H, W), a view
         x = x.clone(memory_format=torch.contiguous_format)  # plain strides: both layouts run the same conv kernels
     x = torch.as_tensor(x).cpu()
@@ -55,7 +56,8 @@ def _inside(query, support, radii, chunk=1024) -> torch.Tensor:
 def precision_recall(real, fake, k: int = 5) -> dict:
     "Improved precision and recall (Kynkaanniemi et al. 2019) of `fake` (M, D) against `real` (N, D) features"
     real, fake = torch.as_tensor(real).float(), torch.as_tensor(fake).float()
-    if min(len(real), len(fake)) <= k: raise ValueError(f"precision/recall with k={k} need more than {k} images per set, got {len(fake)} and {len(real)}")
+    if min(len(real), len(fake)) <= k:
+        raise ValueError(f"precision/recall with k={k} need more than {k} images per set, got {len(fake)} and {len(real)}")
     return dict(precision=_inside(fake, real, knn_radii(real, k)).float().mean().item(),
                 recall=_inside(real, fake, knn_radii(fake, k)).float().mean().item())
 
@@ -88,11 +90,13 @@ def embed(clf: FeatureClassifier, images, batch_size: int = 500) -> tuple[torch.
 
 # %% ../nbs/07_metrics.ipynb #c017
 def train_classifier(train: ImageDataset, test: ImageDataset, epochs: int | None = None, batch_size: int = 128,
-                     lr: float = 3e-3, seed: int = 0, device="cpu", progress: bool = True) -> tuple[FeatureClassifier, dict]:
-    "Train a `FeatureClassifier` on the labelled images of `train`; returns it and its test accuracy, timing and settings"
+                     lr: float = 3e-3, seed: int = 0, device="cpu",
+                     progress: bool = True) -> tuple[FeatureClassifier, dict]:
+    "Train a `FeatureClassifier` on the labelled images of `train`; returns it and its test accuracy, timing, settings"
     keep = train.labels >= 0
     x, y = to_float(train.images[keep]), train.labels[keep]  # (N, C, H, W), (N,)
-    if len(x) < batch_size or int(y.max()) < 1: raise ValueError(f"need at least {batch_size} labelled images of 2+ classes to train the classifier, got {len(x)}")
+    if len(x) < batch_size or int(y.max()) < 1:
+        raise ValueError(f"need at least {batch_size} labelled images of 2+ classes to train the classifier, got {len(x)}")
     epochs = epochs or max(2, min(20, 30_000 // len(x)))
     torch.manual_seed(seed); g, dev = torch.Generator().manual_seed(seed), resolve_device(device)
     clf = FeatureClassifier(x.shape[1], int(y.max()) + 1).to(dev)
@@ -113,11 +117,13 @@ def train_classifier(train: ImageDataset, test: ImageDataset, epochs: int | None
     bar.close()
     known = test.labels >= 0
     acc = (embed(clf, test.images[known])[1].argmax(1) == test.labels[known]).float().mean().item()
-    return clf.eval(), dict(test_acc=acc, train_s=round(time.time() - t0, 1), epochs=epochs, n_train=len(x), n_test=int(known.sum()))
+    return clf.eval(), dict(test_acc=acc, train_s=round(time.time() - t0, 1), epochs=epochs, n_train=len(x),
+                            n_test=int(known.sum()))
 
 # %% ../nbs/07_metrics.ipynb #c019
 def _data_key(dataset, data_root, size) -> str:
-    root = "" if data_root is None else "_" + hashlib.sha1(str(Path(data_root).expanduser().resolve()).encode()).hexdigest()[:8]
+    root = "" if data_root is None else "_" + hashlib.sha1(str(Path(data_root).expanduser().resolve()).encode()
+                                                            ).hexdigest()[:8]
     return f"{dataset}{root}_{size or 'native'}px"
 
 def train_test(dataset: str, data_root=None, image_size: int | None = None) -> tuple[ImageDataset, ImageDataset]:
@@ -137,11 +143,13 @@ def load_classifier(dataset: str, data_root=None, image_size: int | None = None,
         clf, info = FeatureClassifier(**ck["config"]), ck["info"]
         clf.load_state_dict(ck["state"])
     else:
-        clf, info = train_classifier(*train_test(dataset, data_root, image_size), device=device, progress=progress, **train_kw)
+        clf, info = train_classifier(*train_test(dataset, data_root, image_size), device=device, progress=progress,
+                                     **train_kw)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(dict(config=clf.config, state=clf.cpu().state_dict(), info=info), path.with_suffix(".tmp"))
         os.replace(path.with_suffix(".tmp"), path)
-        path.with_suffix(".json").write_text(json.dumps(dict(dataset=dataset, data_root=str(data_root or ""), image_size=image_size, **info), indent=2) + "\n")
+        about = dict(dataset=dataset, data_root=str(data_root or ""), image_size=image_size, **info)
+        path.with_suffix(".json").write_text(json.dumps(about, indent=2) + "\n")
     clf.info = {**info, "path": str(path)}
     return clf.to(resolve_device(device)).eval()
 
@@ -157,13 +165,14 @@ def classifier_metrics(clf: FeatureClassifier, images, reference, k: int = 5) ->
 INCEPTION_ENV = "SELFGUIDE_INCEPTION"
 
 def check_inception(path=None) -> Path | None:
-    "The Inception weights file from `path` or $SELFGUIDE_INCEPTION; None when neither is set, an error when it is missing"
+    "The Inception weights file from `path` or $SELFGUIDE_INCEPTION; None when neither is set, an error when missing"
     p = path or os.environ.get(INCEPTION_ENV)
     if not p: return None
     p = Path(p).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(f"Inception weights not found at {p}: pass --inception PATH (or set {INCEPTION_ENV}) to a local "
-                                "copy of clean-fid's inception-2015-12-05.pt or torch-fidelity's weights-inception-2015-12-05-6726825d.pth, "
+        raise FileNotFoundError(f"Inception weights not found at {p}: pass --inception PATH (or set {INCEPTION_ENV}) to "
+                                "a local copy of clean-fid's inception-2015-12-05.pt or torch-fidelity's "
+                                "weights-inception-2015-12-05-6726825d.pth, "
                                 "or unset both to skip FID and IS")
     return p
 
@@ -184,10 +193,11 @@ class InceptionFeatures(nn.Module):
         super().__init__()
         path, self.device = check_inception(path), resolve_device(device)
         if path is None: raise ValueError(f"no Inception weights: pass --inception PATH or set {INCEPTION_ENV}")
-        with open(path, "rb") as f: self.tag = f"{path.stem}-{hashlib.sha1(f.read()).hexdigest()[:10]}"  # names cached statistics
+        with open(path, "rb") as f:  # the tag names cached statistics
+            self.tag = f"{path.stem}-{hashlib.sha1(f.read()).hexdigest()[:10]}"
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated in torch 2.x, but it is clean-fid's format
+                warnings.simplefilter("ignore", FutureWarning)  # TorchScript: deprecated in torch 2.x, clean-fid's format
                 self.net, self.kind = torch.jit.load(str(path), map_location=self.device).eval(), "clean-fid"
         except RuntimeError:  # not TorchScript: a torch-fidelity state dict
             from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
@@ -201,7 +211,8 @@ class InceptionFeatures(nn.Module):
         return pool, pool @ self.net.output.weight.T  # logits without the output bias
 
 # %% ../nbs/07_metrics.ipynb #c031
-def inception_features(extractor, images, batch_size: int = 100, progress: bool = True) -> tuple[np.ndarray, torch.Tensor]:
+def inception_features(extractor, images, batch_size: int = 100,
+                       progress: bool = True) -> tuple[np.ndarray, torch.Tensor]:
     "Pool features (N, D) and logits (N, K) of uint8 images (N, C, H, W), in batches"
     out = [extractor(b) for b in tqdm(as_images(images).split(batch_size), desc="inception", disable=not progress)]
     return torch.cat([o[0].cpu() for o in out]).double().numpy(), torch.cat([o[1].cpu() for o in out])
@@ -250,7 +261,8 @@ def inception_metrics(extractor, images, ref: dict, progress: bool = True) -> di
             "is": isc["inception_score_mean"], "is_std": isc["inception_score_std"]}
 
 # %% ../nbs/07_metrics.ipynb #c035
-from .guidance import cluster_scores, assignment_stats  # noqa: F401  defined with the clusters they score (the trainer and online guidance need them too)
+# defined with the clusters they score (the trainer and online guidance need them too)
+from .guidance import cluster_scores, assignment_stats  # noqa: F401
 
 # %% ../nbs/07_metrics.ipynb #c038
 def evaluate_samples(images, dataset: str | None, data_root=None, inception=None, cache_dir=None, k: int = 5,
@@ -276,7 +288,8 @@ def evaluate_samples(images, dataset: str | None, data_root=None, inception=None
     train, test = train_test(dataset, data_root)
     size = None if x.shape[-1] == test.shape[-1] else x.shape[-1]  # None: the dataset's own size (one cache entry)
     if size: train, test = train_test(dataset, data_root, size)
-    if x.shape[1:] != test.images.shape[1:]: raise ValueError(f"samples are {tuple(x.shape[1:])} but {dataset} images are {test.shape}")
+    if x.shape[1:] != test.images.shape[1:]:
+        raise ValueError(f"samples are {tuple(x.shape[1:])} but {dataset} images are {test.shape}")
     out = dict(n_samples=len(x))
     if train.num_classes >= 2:
         clf = load_classifier(dataset, data_root, size, cache_dir, device, progress)

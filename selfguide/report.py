@@ -41,7 +41,8 @@ def plot_loss(losses, path=None, window: int = 50, title: str = "training loss")
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.plot(losses, alpha=0.3, lw=0.7, label="per step")
     if len(losses) >= window:
-        ax.plot(np.arange(window - 1, len(losses)), np.convolve(losses, np.ones(window) / window, mode="valid"), label=f"mean of {window}")
+        ax.plot(np.arange(window - 1, len(losses)), np.convolve(losses, np.ones(window) / window, mode="valid"),
+                label=f"mean of {window}")
     ax.set(xlabel="step", ylabel="flow-matching loss", yscale="log", title=title); ax.legend(); fig.tight_layout()
     if path is not None: Path(path).parent.mkdir(parents=True, exist_ok=True); fig.savefig(path, dpi=120)
     return fig

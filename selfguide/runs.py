@@ -39,7 +39,8 @@ def lr_at(step: int, lr: float, warmup_steps: int) -> float:
 
 def resolve_device(device: str = "auto") -> torch.device:
     "'auto' -> cuda when available, else cpu"
-    return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    if device != "auto": return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 def autocast(device: torch.device, amp: str = "auto"):
     "bf16 autocast context when asked for ('auto': on CUDA only; CPUs without native bf16 run it 20x slower)"
@@ -51,8 +52,8 @@ def git_revision() -> str:
     "The git commit of the selfguide source ('+dirty' when it has uncommitted changes), or 'unknown'"
     here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
     try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True).stdout.strip()
+        git = lambda *a, **k: subprocess.run(["git", *a], cwd=here, capture_output=True, text=True, **k).stdout.strip()
+        rev, dirty = git("rev-parse", "HEAD", check=True), git("status", "--porcelain", "--untracked-files=no")
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError): return "unknown"
 
@@ -64,7 +65,8 @@ def read_manifest(run_dir) -> dict:
 def update_manifest(run_dir, **sections) -> dict:
     "Merge `sections` (dicts are merged one level deep) into the run's manifest.json (written atomically)"
     m = read_manifest(run_dir)
-    for k, v in sections.items(): m[k] = {**m.get(k, {}), **v} if isinstance(v, dict) and isinstance(m.get(k), dict) else v
+    for k, v in sections.items():
+        m[k] = {**m.get(k, {}), **v} if isinstance(v, dict) and isinstance(m.get(k), dict) else v
     text = json.dumps(m, indent=2, default=str) + "\n"
     atomic_write(Path(run_dir) / "manifest.json", lambda f: f.write(text.encode()))
     return m

@@ -185,7 +185,7 @@ def sample(model, n: int, c=None, g: float = 0.4, solver: str = "dopri5", steps:
 # %% ../nbs/06_sample.ipynb #c016
 def prototype_conditions(model, n: int, prototype: int | None = None, query=None, counts=None, data=None,
                          path: str = "cv", seed: int = 0):
-    "(c, ids) for `n` samples of an online run: prototype `prototype`, the prototype(s) of a `query` image, or drawn as in the data"
+    "(c, ids) for `n` samples of an online run: prototype `prototype`, a `query` image's prototype(s), or as in the data"
     boot = getattr(model, "bootstrap", None)
     if boot is None: raise ValueError("prototype conditions need an online run (guidance='online' or 'online_patch')")
     gen = torch.Generator().manual_seed(seed)
@@ -196,7 +196,8 @@ def prototype_conditions(model, n: int, prototype: int | None = None, query=None
     elif query is not None:                                                # uint8 (C, H, W) or (1, C, H, W)
         q = query[None] if query.ndim == 3 else query[:1]
         if q.shape[1:] != (model.in_chans, model.img_size, model.img_size):
-            raise ValueError(f"query image has shape {tuple(q.shape[1:])}, the model takes {(model.in_chans, model.img_size, model.img_size)}")
+            want = (model.in_chans, model.img_size, model.img_size)
+            raise ValueError(f"query image has shape {tuple(q.shape[1:])}, the model takes {want}")
         ids = assign_images(boot, model, q, path, seed, progress=False).expand(shape)  # one forward pass
     elif boot.patch:                                                       # layouts of random training images
         if data is None: raise ValueError("patch-level conditions need data (training images) to draw layouts from")

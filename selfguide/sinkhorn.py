@@ -59,7 +59,7 @@ class ProjectionHead(nn.Module):
     def forward(self, x): return F.normalize(self.net(x), dim=1)        # (B, in_dim) -> (B, out_dim)
 
 def sk_loss(z: torch.Tensor, protos: torch.Tensor, codes: torch.Tensor, temperature: float = 0.1, form: str = "ce"):
-    "SK loss of embeddings z (B, d) against prototypes (K, d) with detached codes (B, K): 'ce' (released code) or 'frobenius' (Eq. 11)"
+    "SK loss of z (B, d) against prototypes (K, d), codes (B, K) detached: 'ce' (released) or 'frobenius' (Eq. 11)"
     scores = z @ protos.T                                               # (B, K) cosine similarities m^T z
     codes = codes.detach()
     if form == "ce": return -(codes * F.log_softmax(scores / temperature, dim=1)).sum(1).mean()

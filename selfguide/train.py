@@ -38,7 +38,7 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 class StepBatchSampler(torch.utils.data.Sampler):
-    "Index batches for steps `start`..`stop-1`: epoch-wise permutations seeded by (seed, epoch), last partial batch dropped"
+    "Index batches for steps `start`..`stop-1`: epoch-wise permutations seeded by (seed, epoch), partial batch dropped"
     def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int, rank: int = 0, world_size: int = 1):
         if batch_size > n: raise ValueError(f"batch_size {batch_size} is larger than the dataset ({n} images)")
         self.n, self.bs, self.seed, self.start, self.stop = n, batch_size, seed, start, stop
@@ -78,7 +78,8 @@ def build_model(cfg: TrainConfig, shape, num_classes: int) -> torch.nn.Module:
     online = cfg.guidance in ONLINE_MODES
     model = build_uvit(cfg.preset, img_size=H, in_chans=C, patch_size=cfg.patch_size, attn_backend=cfg.attn_backend,
                        use_cls_token=online and cfg.feature_readout == "token",  # the paper's [CLS] readout
-                       **condition_slot(cfg.guidance, cfg.clusters if online else num_classes, cfg.online_condition, cfg.sk_dim))
+                       **condition_slot(cfg.guidance, cfg.clusters if online else num_classes, cfg.online_condition,
+                                        cfg.sk_dim))
     if online: model.bootstrap = build_bootstrap(model, cfg.guidance, cfg.clusters, cfg.feature_layer, cfg.feature_t,
                                                  cfg.feature_readout, cfg.online_condition, cfg.sk_hidden, cfg.sk_dim)
     return protocol_model(model, cfg)                                      # the released protocol's layout, if asked
@@ -104,7 +105,8 @@ def init_weights_from(model, src) -> list:
 def cluster_conditions(cfg, data, device, init=None) -> tuple[object, dict]:
     "The training set with k-means cluster ids as labels, and the clusters' statistics; `init` is `load_init`'s result"
     if cfg.guidance == "offline":
-        if init is None: raise ValueError("guidance='offline' needs init (--init): a trained run folder or an official U-ViT checkpoint to take features from")
+        if init is None: raise ValueError("guidance='offline' needs init (--init): a trained run folder or an official "
+                                          "U-ViT checkpoint to take features from")
         src, key, path = init
         layer = src.num_blocks // 2 if cfg.feature_layer is None else cfg.feature_layer
         feats = cached_features(f"{key}_{cfg.dataset}", src, data, layer, cfg.feature_t, cfg.feature_readout,
@@ -175,11 +177,13 @@ def train(**config) -> Path:
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         fixed = _RESUMABLE - ({"steps"} if online else set())  # online: N sets the warm-up, so steps may not change
         diff = {k: (v, asdict(cfg)[k]) for k, v in ck["config"].items() if k not in fixed and asdict(cfg).get(k) != v}
-        if diff: raise ValueError(f"{out} holds a run with other settings {diff} (saved, now); use another out_dir or resume=False")
+        if diff:
+            raise ValueError(f"{out} holds a run with other settings {diff} (saved, now); use another out_dir or resume=False")
         model.load_state_dict(ck["model"]); ema.load_state_dict(ck["ema"]); opt.load_state_dict(ck["opt"])
         if cache is not None: cache.load_state_dict(ck["m_star"])
         start, losses, sk_losses, monitor = ck["step"], ck["losses"], ck.get("sk_losses", []), ck.get("monitor", [])
-        torch.set_rng_state(ck["rng"]["torch"]); np.random.set_state(ck["rng"]["numpy"]); random.setstate(ck["rng"]["python"])
+        torch.set_rng_state(ck["rng"]["torch"]); np.random.set_state(ck["rng"]["numpy"])
+        random.setstate(ck["rng"]["python"])
     if cfg.compile: model.compile()                                       # in place: parameter names stay as they are
     net = _Step(model, src == "tap", stopgrad=cfg.sk_stopgrad, epsilon=cfg.sk_epsilon, n_iters=cfg.sk_iters,
                 temperature=cfg.sk_temperature, form=cfg.sk_form)
@@ -262,7 +266,8 @@ def train(**config) -> Path:
                                   "step,loss\n" + "".join(f"{i},{l:.6f}\n" for i, l in enumerate(losses)))
     timings = dict(step_s_median=statistics.median(step_s), train_s=time.perf_counter() - t_start,
                    steps_run=steps_run) if steps_run else {}
-    metrics = dict(final_loss=float(np.mean(losses[-100:])), **{k: clusters[k] for k in ("nmi", "ari") if k in clusters})
+    metrics = dict(final_loss=float(np.mean(losses[-100:])),
+                   **{k: clusters[k] for k in ("nmi", "ari") if k in clusters})
     if online and monitor:
         last = monitor[-1]
         metrics.update(final_sk_loss=float(np.nanmean(sk_losses[-100:])), prototypes_used=last["prototypes_used"],
@@ -270,7 +275,8 @@ def train(**config) -> Path:
     update_manifest(out, params=asdict(cfg), seed=cfg.seed, git_revision=git_revision(), timings=timings,
                     environment=dict(torch=torch.__version__, device=str(device), threads=torch.get_num_threads(),
                                      python=platform.python_version(), world_size=W),
-                    model=dict(params=count_params(ema), blocks=model.num_blocks, tokens=model.num_patches + model.extras,
+                    model=dict(params=count_params(ema), blocks=model.num_blocks,
+                               tokens=model.num_patches + model.extras,
                                **({"head_params": count_params(model.bootstrap)} if online else {})),
                     metrics=metrics, recipe=recipe, **({"clusters": clusters} if clusters else {}),
                     **({"latents": dict(folder=str(data.root), scale=data.scale, image_size=data.image_size)}

@@ -32,7 +32,8 @@ class Attention(nn.Module):
         self.qkv, self.proj = nn.Linear(dim, dim * 3, bias=qkv_bias), nn.Linear(dim, dim)
     def forward(self, x):                                                 # (B, N, D)
         B, N, D = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)  # (3, B, H, N, Dh)
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads)
+        qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, B, H, N, Dh)
         x = attention(qkv[0], qkv[1], qkv[2], self.backend)              # (B, H, N, Dh)
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
@@ -79,7 +80,8 @@ class UViT(nn.Module):
         self.num_patches = (img_size // patch_size) ** 2
         self.extras = 1 + int(cond_slot) + int(use_cls_token)
         self.patch_embed = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size)
-        self.time_embed = (nn.Sequential(nn.Linear(embed_dim, 4 * embed_dim), nn.SiLU(), nn.Linear(4 * embed_dim, embed_dim))
+        self.time_embed = (nn.Sequential(nn.Linear(embed_dim, 4 * embed_dim), nn.SiLU(),
+                                         nn.Linear(4 * embed_dim, embed_dim))
                            if mlp_time_embed else nn.Identity())
         self.label_emb = nn.Embedding(num_classes, embed_dim) if num_classes else None
         self.cond_proj = nn.Linear(cond_dim, embed_dim) if cond_dim else None
@@ -139,7 +141,8 @@ class UViT(nn.Module):
         if not self.cond_slot and (c is not None or drop is not None):
             raise ValueError("this model has no condition slot (an unconditional official checkpoint): pass c=None")
         if self.per_patch(c):                                              # one condition per patch, added to it
-            if c.shape[1] != self.num_patches: raise ValueError(f"per-patch conditions need {self.num_patches} per image, got {c.shape[1]}")
+            if c.shape[1] != self.num_patches:
+                raise ValueError(f"per-patch conditions need {self.num_patches} per image, got {c.shape[1]}")
             pc = self.embed_condition(c)                                   # (B, N, D)
             patches = patches + (pc if drop is None else pc * (~drop)[:, None, None])
         toks = [time[:, None]] + ([self.cond_token(c, B, drop)[:, None]] if self.cond_slot else [])
@@ -231,7 +234,8 @@ def official_schedule(width: int) -> str:
 def from_official(sd: dict, num_heads: int | None = None, schedule: str | None = None, **overrides) -> UViT:
     "A `UViT` with the weights of an official U-ViT state dict `sd`; `overrides` change its layout (e.g. a CLS token)"
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    if "patch_embed.proj.weight" not in sd: raise KeyError("not an official U-ViT state dict: no 'patch_embed.proj.weight'")
+    if "patch_embed.proj.weight" not in sd:
+        raise KeyError("not an official U-ViT state dict: no 'patch_embed.proj.weight'")
     D, C, p, _ = sd["patch_embed.proj.weight"].shape
     schedule = schedule or official_schedule(D)
     if schedule not in TIME_SCALES: raise ValueError(f"schedule must be one of {', '.join(TIME_SCALES)}: {schedule!r}")
@@ -244,7 +248,8 @@ def from_official(sd: dict, num_heads: int | None = None, schedule: str | None =
               num_classes=sd["label_emb.weight"].shape[0] - 1 if cond else 0, conv="final_layer.weight" in sd,
               cond_slot=cond, time_scale=TIME_SCALES[schedule])
     model = UViT(**kw)
-    ours = {k.replace("patch_embed.proj.", "patch_embed."): v for k, v in sd.items() if k not in ("pos_embed", "label_emb.weight")}
+    ours = {k.replace("patch_embed.proj.", "patch_embed."): v for k, v in sd.items()
+            if k not in ("pos_embed", "label_emb.weight")}
     pos = sd["pos_embed"]                                                  # (1, extras + N, D)
     ours["pos_embed"] = torch.cat([pos[:, 1:2], pos[:, 0:1], pos[:, 2:]], 1) if cond else pos  # [time, label, ...]
     if cond: ours["label_emb.weight"], ours["null_emb"] = sd["label_emb.weight"][:-1], sd["label_emb.weight"][-1:]
@@ -258,7 +263,8 @@ def from_official(sd: dict, num_heads: int | None = None, schedule: str | None =
 def load_official(path, num_heads: int | None = None, schedule: str | None = None, **overrides) -> UViT:
     "`from_official` on a checkpoint file (e.g. U-ViT's `imagenet256_uvit_large.pth`)"
     from pathlib import Path
-    if not Path(path).is_file(): raise FileNotFoundError(f"no U-ViT checkpoint at {path} (pass the path of an official .pth file)")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no U-ViT checkpoint at {path} (pass the path of an official .pth file)")
     return from_official(torch.load(path, map_location="cpu", weights_only=True), num_heads, schedule, **overrides)
 
 # %% ../nbs/02_uvit.ipynb #c024
