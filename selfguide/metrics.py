@@ -122,8 +122,8 @@ def train_classifier(train: ImageDataset, test: ImageDataset, epochs: int | None
 
 # %% ../nbs/07_metrics.ipynb #c019
 def _data_key(dataset, data_root, size) -> str:
-    root = "" if data_root is None else "_" + hashlib.sha1(str(Path(data_root).expanduser().resolve()).encode()
-                                                            ).hexdigest()[:8]
+    where = None if data_root is None else str(Path(data_root).expanduser().resolve()).encode()
+    root = "" if where is None else "_" + hashlib.sha1(where).hexdigest()[:8]
     return f"{dataset}{root}_{size or 'native'}px"
 
 def train_test(dataset: str, data_root=None, image_size: int | None = None) -> tuple[ImageDataset, ImageDataset]:
