@@ -164,7 +164,8 @@ def sample_run(run, n=None, solver="dopri5", steps=50, g=0.4, cls=None, rtol=1e-
     if cls is not None:
         if online: raise ValueError("--class is for class- or cluster-guided runs; online runs take --prototype")
         if c is None:
-            raise ValueError(f"--class needs a class- or cluster-guided run; {run} was trained with guidance={cfg.guidance!r}")
+            raise ValueError(f"--class needs a class- or cluster-guided run; {run} was trained with "
+                             f"guidance={cfg.guidance!r}")
         if not 0 <= cls < model.num_classes:
             raise ValueError(f"--class must be in [0, {model.num_classes - 1}], got {cls}")
         c = labels = torch.full((n,), cls)

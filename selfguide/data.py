@@ -28,7 +28,7 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
 
 class ImageDataset(Dataset):
-    "In-memory images `(N, C, H, W)` uint8 (or float latents), labels `(N,)` (-1 = unknown); items: (float image, label)"
+    "In-memory images `(N, C, H, W)` uint8 (or float latents), labels `(N,)` (-1: unknown); items: (float image, label)"
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | None = None, name: str = ""):
         if (images.dtype != torch.uint8 and not images.is_floating_point()) or images.ndim != 4:
             raise ValueError(f"images must be uint8 (or float latents) (N, C, H, W), got {images.dtype} "

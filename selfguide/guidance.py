@@ -36,7 +36,7 @@ def check_guidance(guidance: str, num_classes: int = 0) -> None:
         raise ValueError("guidance='class' needs labels, and this dataset has none (all labels are -1)")
 
 def condition_slot(guidance: str, num_classes: int = 0, online_condition: str = "vector", dim: int = 128) -> dict:
-    "Keyword arguments that size the U-ViT's condition slot for `guidance` (`num_classes`: classes, clusters, prototypes)"
+    "Keyword arguments sizing the U-ViT's condition slot for `guidance` (`num_classes`: classes, clusters, prototypes)"
     if guidance in ONLINE_MODES:  # prototype vectors of size `dim`, or one embedding row per prototype
         return dict(cond_dim=dim) if online_condition == "vector" else dict(num_classes=num_classes)
     return dict(num_classes=num_classes) if guidance in LABELLED_MODES else {}
@@ -130,7 +130,7 @@ def cluster_scores(assign, labels) -> dict:
     return dict(nmi=float(normalized_mutual_info_score(y, a)), ari=float(adjusted_rand_score(y, a)))
 
 def assignment_stats(assign, num_clusters: int | None = None) -> dict:
-    "Histogram statistics of an assignment (N,) to `num_clusters`: counts, entropy (and normalised), used share, largest"
+    "Histogram statistics of an assignment (N,) to `num_clusters`: counts, entropy (also normalised), used, largest"
     counts = np.bincount(np.asarray(assign), minlength=num_clusters or 0)  # (K,)
     p = counts / counts.sum(); nz = p[p > 0]
     h = float(-(nz * np.log(nz)).sum())
@@ -174,7 +174,7 @@ def load_encoder(name: str, weights, device="cpu"):
     missing, unexpected = model.load_state_dict({k.removeprefix("module."): v for k, v in sd.items()}, strict=False)
     missing = [k for k in missing if not k.startswith(("head", "fc."))]
     if missing:
-        raise KeyError(f"{weights} does not fit timm's {name!r}: missing {missing[:5]}{'...' if len(missing) > 5 else ''}")
+        raise KeyError(f"{weights} does not fit timm's {name!r}: missing {missing[:5]}{'...' * (len(missing) > 5)}")
     return model.to(device).eval()
 
 @torch.no_grad()

@@ -25,9 +25,11 @@ SAME_TRAINING = {  # code revisions reviewed to train exactly alike: their runs 
     # 3d9b52da0e -> f5cf1d0ec6: codes_nmi's head and Sinkhorn run locally (no all_reduce on rank 0 alone), the same
     # numbers in one process; -> 7776c0ac0e: lines wrapped, the fault point moved into train's loop, load_run merged
     # its state dicts in one expression (the same weights); -> 060593d779: long lines wrapped
-    # (`tools/same_training.py --against e5523a4`: every checkpoint tensor bitwise equal)
+    # (`tools/same_training.py --against e5523a4`: every checkpoint tensor bitwise equal); -> 57a7b6cb15: train.py
+    # back to 300 lines, shorter error messages (the same check against e5523a4)
     "7776c0ac0e": ["3d9b52da0e", "f5cf1d0ec6"],
     "060593d779": ["7776c0ac0e", "3d9b52da0e", "f5cf1d0ec6"],
+    "57a7b6cb15": ["060593d779", "7776c0ac0e", "3d9b52da0e", "f5cf1d0ec6"],
 }
 
 def code_rev(src=None) -> str:

@@ -57,7 +57,7 @@ def precision_recall(real, fake, k: int = 5) -> dict:
     "Improved precision and recall (Kynkaanniemi et al. 2019) of `fake` (M, D) against `real` (N, D) features"
     real, fake = torch.as_tensor(real).float(), torch.as_tensor(fake).float()
     if min(len(real), len(fake)) <= k:
-        raise ValueError(f"precision/recall with k={k} need more than {k} images per set, got {len(fake)} and {len(real)}")
+        raise ValueError(f"precision/recall with k={k} need over {k} images a set, got {len(fake)} and {len(real)}")
     return dict(precision=_inside(fake, real, knn_radii(real, k)).float().mean().item(),
                 recall=_inside(real, fake, knn_radii(fake, k)).float().mean().item())
 
@@ -90,21 +90,19 @@ def embed(clf: FeatureClassifier, images, batch_size: int = 500) -> tuple[torch.
 
 # %% ../nbs/07_metrics.ipynb #c017
 def train_classifier(train: ImageDataset, test: ImageDataset, epochs: int | None = None, batch_size: int = 128,
-                     lr: float = 3e-3, seed: int = 0, device="cpu",
-                     progress: bool = True) -> tuple[FeatureClassifier, dict]:
+                     lr=3e-3, seed=0, device="cpu", progress=True) -> tuple[FeatureClassifier, dict]:
     "Train a `FeatureClassifier` on the labelled images of `train`; returns it and its test accuracy, timing, settings"
     keep = train.labels >= 0
     x, y = to_float(train.images[keep]), train.labels[keep]  # (N, C, H, W), (N,)
     if len(x) < batch_size or int(y.max()) < 1:
-        raise ValueError(f"need at least {batch_size} labelled images of 2+ classes to train the classifier, got {len(x)}")
+        raise ValueError(f"the classifier needs {batch_size}+ labelled images of 2+ classes, got {len(x)}")
     epochs = epochs or max(2, min(20, 30_000 // len(x)))
     torch.manual_seed(seed); g, dev = torch.Generator().manual_seed(seed), resolve_device(device)
     clf = FeatureClassifier(x.shape[1], int(y.max()) + 1).to(dev)
     steps = epochs * (len(x) // batch_size)
     opt = torch.optim.AdamW(clf.parameters(), lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps)
-    t0, bar = time.time(), tqdm(total=steps, desc=f"classifier {train.name}", mininterval=2,
-                         disable=not progress)
+    t0, bar = time.time(), tqdm(total=steps, desc=f"classifier {train.name}", mininterval=2, disable=not progress)
     clf.train()
     for _ in range(epochs):                                  # the loss is read once an epoch: no per-step host sync
         perm = torch.randperm(len(x), generator=g)
@@ -140,8 +138,7 @@ def load_classifier(dataset: str, data_root=None, image_size: int | None = None,
     path = cache_root(cache_dir) / "classifier" / f"{_data_key(dataset, data_root, image_size)}.pt"
     if path.exists():
         ck = torch.load(path, map_location="cpu", weights_only=True)
-        clf, info = FeatureClassifier(**ck["config"]), ck["info"]
-        clf.load_state_dict(ck["state"])
+        clf, info = FeatureClassifier(**ck["config"]), ck["info"]; clf.load_state_dict(ck["state"])
     else:
         clf, info = train_classifier(*train_test(dataset, data_root, image_size), device=device, progress=progress,
                                      **train_kw)
@@ -170,9 +167,9 @@ def check_inception(path=None) -> Path | None:
     if not p: return None
     p = Path(p).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(f"Inception weights not found at {p}: pass --inception PATH (or set {INCEPTION_ENV}) to "
-                                "a local copy of clean-fid's inception-2015-12-05.pt or torch-fidelity's "
-                                "weights-inception-2015-12-05-6726825d.pth, "
+        raise FileNotFoundError(f"Inception weights not found at {p}: pass --inception PATH (or set {INCEPTION_ENV})"
+                                " to clean-fid's inception-2015-12-05.pt or torch-fidelity's weights-inception-"
+                                "2015-12-05-6726825d.pth, "
                                 "or unset both to skip FID and IS")
     return p
 
@@ -193,11 +190,10 @@ class InceptionFeatures(nn.Module):
         super().__init__()
         path, self.device = check_inception(path), resolve_device(device)
         if path is None: raise ValueError(f"no Inception weights: pass --inception PATH or set {INCEPTION_ENV}")
-        with open(path, "rb") as f:  # the tag names cached statistics
-            self.tag = f"{path.stem}-{hashlib.sha1(f.read()).hexdigest()[:10]}"
+        with open(path, "rb") as f: self.tag = f"{path.stem}-{hashlib.sha1(f.read()).hexdigest()[:10]}"  # cache names
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # TorchScript: deprecated in torch 2.x, clean-fid's format
+                warnings.simplefilter("ignore", FutureWarning)  # clean-fid's format, TorchScript, deprecated
                 self.net, self.kind = torch.jit.load(str(path), map_location=self.device).eval(), "clean-fid"
         except RuntimeError:  # not TorchScript: a torch-fidelity state dict
             from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
@@ -211,8 +207,7 @@ class InceptionFeatures(nn.Module):
         return pool, pool @ self.net.output.weight.T  # logits without the output bias
 
 # %% ../nbs/07_metrics.ipynb #c031
-def inception_features(extractor, images, batch_size: int = 100,
-                       progress: bool = True) -> tuple[np.ndarray, torch.Tensor]:
+def inception_features(extractor, images, batch_size=100, progress=True) -> tuple[np.ndarray, torch.Tensor]:
     "Pool features (N, D) and logits (N, K) of uint8 images (N, C, H, W), in batches"
     out = [extractor(b) for b in tqdm(as_images(images).split(batch_size), desc="inception", disable=not progress)]
     return torch.cat([o[0].cpu() for o in out]).double().numpy(), torch.cat([o[1].cpu() for o in out])
@@ -261,8 +256,7 @@ def inception_metrics(extractor, images, ref: dict, progress: bool = True) -> di
             "is": isc["inception_score_mean"], "is_std": isc["inception_score_std"]}
 
 # %% ../nbs/07_metrics.ipynb #c035
-# defined with the clusters they score (the trainer and online guidance need them too)
-from .guidance import cluster_scores, assignment_stats  # noqa: F401
+from .guidance import cluster_scores, assignment_stats  # noqa: F401  defined with the clusters they score
 
 # %% ../nbs/07_metrics.ipynb #c038
 def evaluate_samples(images, dataset: str | None, data_root=None, inception=None, cache_dir=None, k: int = 5,
@@ -288,8 +282,7 @@ def evaluate_samples(images, dataset: str | None, data_root=None, inception=None
     train, test = train_test(dataset, data_root)
     size = None if x.shape[-1] == test.shape[-1] else x.shape[-1]  # None: the dataset's own size (one cache entry)
     if size: train, test = train_test(dataset, data_root, size)
-    if x.shape[1:] != test.images.shape[1:]:
-        raise ValueError(f"samples are {tuple(x.shape[1:])} but {dataset} images are {test.shape}")
+    if x.shape[1:] != test.shape: raise ValueError(f"samples are {tuple(x.shape[1:])}, {dataset} images {test.shape}")
     out = dict(n_samples=len(x))
     if train.num_classes >= 2:
         clf = load_classifier(dataset, data_root, size, cache_dir, device, progress)

@@ -185,7 +185,7 @@ def sample(model, n: int, c=None, g: float = 0.4, solver: str = "dopri5", steps:
 # %% ../nbs/06_sample.ipynb #c016
 def prototype_conditions(model, n: int, prototype: int | None = None, query=None, counts=None, data=None,
                          path: str = "cv", seed: int = 0):
-    "(c, ids) for `n` samples of an online run: prototype `prototype`, a `query` image's prototype(s), or as in the data"
+    "(c, ids) for `n` samples of an online run: prototype `prototype`, a `query` image's prototype(s), or as in data"
     boot = getattr(model, "bootstrap", None)
     if boot is None: raise ValueError("prototype conditions need an online run (guidance='online' or 'online_patch')")
     gen = torch.Generator().manual_seed(seed)

@@ -105,8 +105,7 @@ def init_weights_from(model, src) -> list:
 def cluster_conditions(cfg, data, device, init=None) -> tuple[object, dict]:
     "The training set with k-means cluster ids as labels, and the clusters' statistics; `init` is `load_init`'s result"
     if cfg.guidance == "offline":
-        if init is None: raise ValueError("guidance='offline' needs init (--init): a trained run folder or an official "
-                                          "U-ViT checkpoint to take features from")
+        if init is None: raise ValueError("guidance='offline' needs --init: a run folder or an official U-ViT .pth")
         src, key, path = init
         layer = src.num_blocks // 2 if cfg.feature_layer is None else cfg.feature_layer
         feats = cached_features(f"{key}_{cfg.dataset}", src, data, layer, cfg.feature_t, cfg.feature_readout,
@@ -177,13 +176,11 @@ def train(**config) -> Path:
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         fixed = _RESUMABLE - ({"steps"} if online else set())  # online: N sets the warm-up, so steps may not change
         diff = {k: (v, asdict(cfg)[k]) for k, v in ck["config"].items() if k not in fixed and asdict(cfg).get(k) != v}
-        if diff:
-            raise ValueError(f"{out} holds a run with other settings {diff} (saved, now); use another out_dir or resume=False")
+        if diff: raise ValueError(f"{out} has a run of other settings {diff} (saved, now): new out_dir or resume=False")
         model.load_state_dict(ck["model"]); ema.load_state_dict(ck["ema"]); opt.load_state_dict(ck["opt"])
         if cache is not None: cache.load_state_dict(ck["m_star"])
         start, losses, sk_losses, monitor = ck["step"], ck["losses"], ck.get("sk_losses", []), ck.get("monitor", [])
-        torch.set_rng_state(ck["rng"]["torch"]); np.random.set_state(ck["rng"]["numpy"])
-        random.setstate(ck["rng"]["python"])
+        r = ck["rng"]; torch.set_rng_state(r["torch"]); np.random.set_state(r["numpy"]); random.setstate(r["python"])
     if cfg.compile: model.compile()                                       # in place: parameter names stay as they are
     net = _Step(model, src == "tap", stopgrad=cfg.sk_stopgrad, epsilon=cfg.sk_epsilon, n_iters=cfg.sk_iters,
                 temperature=cfg.sk_temperature, form=cfg.sk_form)
@@ -289,15 +286,13 @@ def load_run(run_dir, ema: bool = True, device: str = "auto"):
     "(model, config) of a run folder (its last checkpoint) or a checkpoint file; EMA weights unless `ema=False`"
     ck_path = Path(run_dir) if Path(run_dir).is_file() else Path(run_dir) / "checkpoints" / "last.pt"
     if not ck_path.exists():
-        raise FileNotFoundError(f"no checkpoint at {ck_path}: is {run_dir} a training run folder or checkpoint file "
-                                "(--run)?")
+        raise FileNotFoundError(f"no checkpoint at {ck_path}: is {run_dir} a run folder or a checkpoint file (--run)?")
     ck = torch.load(ck_path, map_location="cpu", weights_only=False)
     cfg = TrainConfig(**ck["config"])
     own = {k: v for k, v in ck["model"].items() if k.startswith("bootstrap.")}  # head, prototypes: not averaged
     sd = {**own, **ck["ema" if ema else "model"]}            # unless the EMA keeps its own (the released protocol)
     num_classes = sd["label_emb.weight"].shape[0] if "label_emb.weight" in sd else 0
-    C = sd["patch_embed.weight"].shape[1]
-    n_tok = sd["pos_embed"].shape[1]
+    C, n_tok = sd["patch_embed.weight"].shape[1], sd["pos_embed"].shape[1]       # channels, tokens
     extras = 2 + int("cls_token" in sd)
     H = int(round((n_tok - extras) ** 0.5)) * cfg.patch_size
     model = build_model(cfg, (C, H, H), num_classes)
